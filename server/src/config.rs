@@ -1,0 +1,128 @@
+//! Server configuration: every limit and interval, with documented defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Limits that bound every buffer and queue of the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest WebSocket message accepted, in bytes (default 8 MiB).
+    pub message_bytes_max: usize,
+    /// Largest document, in encoded bytes (default 256 MiB).
+    pub doc_bytes_max: usize,
+    /// WebSocket connections open at once in the process (default 20,000).
+    pub connections_max: usize,
+    /// Connections syncing one document at once (default 2,000).
+    pub doc_connections_max: usize,
+    /// Documents loaded at once in one room (default 1,000).
+    pub room_docs_max: usize,
+    /// Messages queued for one connection before it is closed as too slow (default 1,024).
+    pub outbox_messages_max: usize,
+    /// Bytes queued for one connection before it is closed as too slow (default 32 MiB).
+    pub outbox_bytes_max: usize,
+    /// Commands queued for one room task before connections wait (default 4,096).
+    pub room_inbox_messages_max: usize,
+    /// Awareness states one connection may announce (default 16).
+    pub awareness_states_per_conn_max: usize,
+    /// Sustained messages per second accepted from one connection (default 10,000).
+    pub conn_messages_per_sec_max: u32,
+    /// Burst of messages above the sustained rate (default 20,000).
+    pub conn_messages_burst_max: u32,
+    /// Initial read buffer of a WebSocket connection, in bytes (default 4 KiB); it grows for
+    /// large messages and idle connections stay cheap.
+    pub ws_read_buffer_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            message_bytes_max: 8 * 1024 * 1024,
+            doc_bytes_max: 256 * 1024 * 1024,
+            connections_max: 20_000,
+            doc_connections_max: 2_000,
+            room_docs_max: 1_000,
+            outbox_messages_max: 1_024,
+            outbox_bytes_max: 32 * 1024 * 1024,
+            room_inbox_messages_max: 4_096,
+            awareness_states_per_conn_max: 16,
+            conn_messages_per_sec_max: 10_000,
+            conn_messages_burst_max: 20_000,
+            ws_read_buffer_bytes: 4 * 1024,
+        }
+    }
+}
+
+/// Everything `roomd serve` needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Address to listen on (default `127.0.0.1:8787`).
+    pub listen: SocketAddr,
+    /// Directory of the sled store (default `./roomd-data`).
+    pub data_dir: PathBuf,
+    /// Allow a non-loopback listen address without authentication configured.
+    pub insecure_dev: bool,
+    /// Interval of the group commit: accepted updates are durable at most this long after
+    /// they are applied (default 20 ms).
+    pub flush_interval: Duration,
+    /// How long a room with no connection stays loaded (default 30 s).
+    pub room_idle_timeout: Duration,
+    /// Interval of WebSocket pings and keep-alive messages; a connection that answers nothing
+    /// for two intervals is dropped (default 15 s).
+    pub keepalive_interval: Duration,
+    /// How long a close frame may take to reach a slow client before the socket is dropped
+    /// (default 5 s).
+    pub close_timeout: Duration,
+    /// Log bytes of one document after which the log is folded into a snapshot (default 1 MiB).
+    pub compact_log_bytes: usize,
+    /// sled page cache, in bytes (default 64 MiB).
+    pub store_cache_bytes: u64,
+    /// Buffer and queue bounds.
+    pub limits: Limits,
+}
+
+impl Config {
+    /// The defaults, with the given data directory.
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            data_dir: data_dir.into(),
+            insecure_dev: false,
+            flush_interval: Duration::from_millis(20),
+            room_idle_timeout: Duration::from_secs(30),
+            keepalive_interval: Duration::from_secs(15),
+            close_timeout: Duration::from_secs(5),
+            compact_log_bytes: 1024 * 1024,
+            store_cache_bytes: 64 * 1024 * 1024,
+            limits: Limits::default(),
+        }
+    }
+
+    /// Refuses configurations that cannot work or would be unsafe.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.listen.ip().is_loopback() && !self.insecure_dev {
+            return Err(format!(
+                "refusing to listen on non-loopback address {} without authentication; \
+                 pass --insecure-dev to do it anyway",
+                self.listen
+            ));
+        }
+        let l = &self.limits;
+        if l.message_bytes_max < 1024 {
+            return Err("message_bytes_max must be at least 1024".into());
+        }
+        if l.doc_bytes_max < l.message_bytes_max {
+            return Err("doc_bytes_max must be at least message_bytes_max".into());
+        }
+        if l.outbox_bytes_max < l.message_bytes_max {
+            return Err("outbox_bytes_max must be at least message_bytes_max".into());
+        }
+        if l.outbox_messages_max == 0 || l.room_inbox_messages_max == 0 {
+            return Err("queue bounds must be positive".into());
+        }
+        if self.flush_interval.is_zero() || self.keepalive_interval.is_zero() {
+            return Err("intervals must be positive".into());
+        }
+        Ok(())
+    }
+}

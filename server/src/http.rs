@@ -1,0 +1,121 @@
+//! HTTP routes: health, readiness, metrics, and the WebSocket endpoints.
+
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use crate::App;
+
+/// Longest room name, in bytes.
+pub const ROOM_NAME_BYTES_MAX: usize = 128;
+/// Longest document name, in bytes.
+pub const DOC_NAME_BYTES_MAX: usize = 512;
+
+/// An error answered as JSON `{ "error": { "code", "message" } }`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_request",
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// The router over the shared application state.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/rooms/{room}/yjs/{*doc}", get(yjs_socket))
+        .fallback(|| async {
+            ApiError {
+                status: StatusCode::NOT_FOUND,
+                code: "not_found",
+                message: "no such endpoint".into(),
+            }
+        })
+        .with_state(app)
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.ctx.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    if !app.ctx.store.is_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n").into_response();
+    }
+    "ready\n".into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.ctx.metrics.render(&app.ctx.store),
+    )
+        .into_response()
+}
+
+/// Checks a room or document name: non-empty, bounded, no control characters, no empty path
+/// segment.
+fn check_name(kind: &str, name: &str, bytes_max: usize) -> Result<(), ApiError> {
+    if name.is_empty() || name.len() > bytes_max {
+        return Err(ApiError::bad_request(format!(
+            "{kind} name must be 1 to {bytes_max} bytes"
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "{kind} name must not contain control characters"
+        )));
+    }
+    if name.split('/').any(str::is_empty) {
+        return Err(ApiError::bad_request(format!(
+            "{kind} name must not have empty path segments"
+        )));
+    }
+    Ok(())
+}
+
+async fn yjs_socket(
+    State(app): State<Arc<App>>,
+    Path((room, doc)): Path<(String, String)>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    check_name("room", &room, ROOM_NAME_BYTES_MAX)?;
+    if room.contains('/') {
+        return Err(ApiError::bad_request("room name must not contain '/'"));
+    }
+    check_name("document", &doc, DOC_NAME_BYTES_MAX)?;
+    let limits = &app.ctx.config.limits;
+    let upgrade = upgrade
+        .read_buffer_size(limits.ws_read_buffer_bytes)
+        .write_buffer_size(0)
+        .max_message_size(limits.message_bytes_max)
+        .max_frame_size(limits.message_bytes_max);
+    let tracker = app.ctx.tracker.clone();
+    let (room, doc): (Arc<str>, Arc<str>) = (room.into(), doc.into());
+    Ok(upgrade.on_upgrade(move |socket| {
+        tracker.track_future(crate::ws::serve_socket(socket, app, room, doc))
+    }))
+}

@@ -1,0 +1,443 @@
+//! One task per active room: it owns the room's documents and is reached only through a
+//! bounded channel of [`RoomCmd`]s.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use roomd_crdt::{DocLimits, YDoc};
+use roomd_sync::{CloseCode, ConnId, MessageLimits, Output, SessionLimits, YjsDocSession};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::outbox::{Outbox, PushError};
+use crate::registry::Rooms;
+use crate::store::{DocKey, StoreError};
+use crate::AppCtx;
+
+/// A command for a room task.
+#[derive(Debug)]
+pub enum RoomCmd {
+    /// A connection wants to sync `doc`; the reply says whether it may.
+    Join {
+        /// Document name.
+        doc: Arc<str>,
+        /// The connection.
+        conn: ConnId,
+        /// Where the room queues frames for it.
+        outbox: Outbox,
+        /// The answer.
+        reply: oneshot::Sender<Result<(), JoinError>>,
+    },
+    /// A binary frame from a joined connection.
+    Frame {
+        /// Document name.
+        doc: Arc<str>,
+        /// The sender.
+        conn: ConnId,
+        /// The frame as received.
+        frame: Bytes,
+    },
+    /// A connection has gone.
+    Leave {
+        /// Document name.
+        doc: Arc<str>,
+        /// The connection.
+        conn: ConnId,
+    },
+}
+
+/// Why a join was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// The room task is unloading; join a fresh one.
+    #[error("room is unloading")]
+    Unloading,
+    /// A limit is reached, or the room cannot serve now.
+    #[error("{1}")]
+    Refused(CloseCode, String),
+}
+
+struct DocState {
+    session: YjsDocSession,
+    key: DocKey,
+    next_seq: u64,
+    log_bytes: usize,
+    compaction: Option<JoinHandle<()>>,
+}
+
+/// A room task's state.
+pub struct Room {
+    name: Arc<str>,
+    generation: u64,
+    ctx: Arc<AppCtx>,
+    rooms: Arc<Rooms>,
+    docs: HashMap<Arc<str>, DocState>,
+    outboxes: HashMap<ConnId, Outbox>,
+}
+
+impl std::fmt::Debug for Room {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Room")
+            .field("name", &self.name)
+            .field("docs", &self.docs.len())
+            .field("conns", &self.outboxes.len())
+            .finish()
+    }
+}
+
+impl Room {
+    /// A room with nothing loaded yet.
+    pub fn new(name: Arc<str>, generation: u64, ctx: Arc<AppCtx>, rooms: Arc<Rooms>) -> Room {
+        Room {
+            name,
+            generation,
+            ctx,
+            rooms,
+            docs: HashMap::new(),
+            outboxes: HashMap::new(),
+        }
+    }
+
+    fn doc_limits(&self) -> DocLimits {
+        DocLimits {
+            update_bytes_max: self.ctx.config.limits.message_bytes_max,
+            doc_bytes_max: self.ctx.config.limits.doc_bytes_max,
+        }
+    }
+
+    fn session_limits(&self) -> SessionLimits {
+        let l = &self.ctx.config.limits;
+        SessionLimits {
+            message: MessageLimits {
+                payload_bytes_max: l.message_bytes_max,
+            },
+            conns_max: l.doc_connections_max,
+            awareness_states_per_conn_max: l.awareness_states_per_conn_max,
+        }
+    }
+
+    /// Runs the room until it unloads (idle) or the server shuts down.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<RoomCmd>) {
+        self.ctx
+            .metrics
+            .rooms_active
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(room = %self.name, "room loaded");
+        let idle_timeout = self.ctx.config.room_idle_timeout;
+        let idle = tokio::time::sleep(idle_timeout);
+        tokio::pin!(idle);
+        loop {
+            let no_conns = self.outboxes.is_empty();
+            tokio::select! {
+                biased;
+                _ = self.ctx.shutdown.cancelled() => break,
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    self.handle(cmd).await;
+                    if self.outboxes.is_empty() && !no_conns {
+                        idle.as_mut().reset(Instant::now() + idle_timeout);
+                    }
+                }
+                _ = &mut idle, if no_conns => {
+                    // Fold and flush everything while still registered, then leave the
+                    // registry and turn away joins that raced with the unload.
+                    self.persist_all().await;
+                    self.rooms.remove(&self.name, self.generation);
+                    rx.close();
+                    while let Some(cmd) = rx.recv().await {
+                        if let RoomCmd::Join { reply, .. } = cmd {
+                            let _ = reply.send(Err(JoinError::Unloading));
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        self.persist_all().await;
+        self.rooms.remove(&self.name, self.generation);
+        let docs = self.docs.len() as u64;
+        self.ctx
+            .metrics
+            .docs_loaded
+            .fetch_sub(docs, Ordering::Relaxed);
+        self.ctx
+            .metrics
+            .rooms_active
+            .fetch_sub(1, Ordering::Relaxed);
+        tracing::debug!(room = %self.name, "room unloaded");
+    }
+
+    async fn handle(&mut self, cmd: RoomCmd) {
+        match cmd {
+            RoomCmd::Join {
+                doc,
+                conn,
+                outbox,
+                reply,
+            } => {
+                let result = self.join(doc, conn, outbox).await;
+                let _ = reply.send(result);
+            }
+            RoomCmd::Frame { doc, conn, frame } => {
+                let mut out = Vec::new();
+                let Some(d) = self.docs.get_mut(&doc) else {
+                    return;
+                };
+                d.session.receive(conn, &frame, &mut out);
+                self.carry_out(&doc, out);
+                self.heal_if_poisoned(&doc).await;
+            }
+            RoomCmd::Leave { doc, conn } => {
+                self.outboxes.remove(&conn);
+                let mut out = Vec::new();
+                if let Some(d) = self.docs.get_mut(&doc) {
+                    d.session.close(conn, &mut out);
+                }
+                self.carry_out(&doc, out);
+            }
+        }
+    }
+
+    async fn join(&mut self, doc: Arc<str>, conn: ConnId, outbox: Outbox) -> Result<(), JoinError> {
+        if !self.docs.contains_key(&doc) {
+            if self.docs.len() >= self.ctx.config.limits.room_docs_max {
+                self.evict_unused_docs().await;
+            }
+            if self.docs.len() >= self.ctx.config.limits.room_docs_max {
+                return Err(JoinError::Refused(
+                    CloseCode::TryAgain,
+                    "too many documents open in this room".into(),
+                ));
+            }
+            let state = self.load_doc(&doc).await.map_err(|e| {
+                tracing::error!(room = %self.name, %doc, error = %e, "loading document failed");
+                JoinError::Refused(CloseCode::Internal, "document could not be loaded".into())
+            })?;
+            self.docs.insert(doc.clone(), state);
+            self.ctx.metrics.docs_loaded.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut out = Vec::new();
+        let Some(d) = self.docs.get_mut(&doc) else {
+            return Err(JoinError::Refused(
+                CloseCode::Internal,
+                "document vanished".into(),
+            ));
+        };
+        d.session.open(conn, &mut out).map_err(|code| {
+            JoinError::Refused(code, "too many connections to this document".into())
+        })?;
+        self.outboxes.insert(conn, outbox);
+        self.carry_out(&doc, out);
+        Ok(())
+    }
+
+    async fn load_doc(&self, doc: &str) -> Result<DocState, StoreError> {
+        let key = DocKey::new(&self.name, doc);
+        let store = self.ctx.store.clone();
+        let k = key.clone();
+        let stored = tokio::task::spawn_blocking(move || store.load(&k))
+            .await
+            .map_err(|_| StoreError::Corrupt("load task failed".into()))??;
+        let mut ydoc = YDoc::new(self.doc_limits());
+        let parts = stored.snapshot.iter().chain(stored.log.iter());
+        for (i, update) in parts.enumerate() {
+            if let Err(e) = ydoc.apply_update(update) {
+                // Stored updates were accepted once; this means the limits shrank or storage
+                // was damaged. Serve what can be served and say so.
+                tracing::error!(room = %self.name, doc, part = i, error = %e, "stored update not applied");
+            }
+        }
+        let snapshot_bytes = stored.snapshot.as_ref().map_or(0, Bytes::len);
+        ydoc.rebase_size(snapshot_bytes + stored.log_bytes);
+        Ok(DocState {
+            session: YjsDocSession::new(ydoc, self.session_limits()),
+            key,
+            next_seq: stored.next_seq,
+            log_bytes: stored.log_bytes,
+            compaction: None,
+        })
+    }
+
+    /// Carries out a session's outputs in order. A connection that cannot take a frame is
+    /// closed as too slow, which may produce more outputs (its awareness removal).
+    fn carry_out(&mut self, doc: &Arc<str>, out: Vec<Output>) {
+        let mut queue: VecDeque<Output> = out.into();
+        let mut compact = false;
+        while let Some(output) = queue.pop_front() {
+            match output {
+                Output::Send { conn, frame } => {
+                    let Some(outbox) = self.outboxes.get(&conn) else {
+                        continue;
+                    };
+                    match outbox.push(frame) {
+                        Ok(()) => {
+                            self.ctx
+                                .metrics
+                                .frames_sent_total
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(PushError::Full) => {
+                            tracing::info!(room = %self.name, %doc, conn = conn.0, "closing slow reader");
+                            outbox.close(
+                                CloseCode::TooSlow,
+                                "outbox full: read faster and reconnect",
+                            );
+                            self.outboxes.remove(&conn);
+                            if let Some(d) = self.docs.get_mut(doc) {
+                                let mut more = Vec::new();
+                                d.session.close(conn, &mut more);
+                                queue.extend(more);
+                            }
+                        }
+                        Err(PushError::Gone) => {}
+                    }
+                }
+                Output::Append { update } => {
+                    let Some(d) = self.docs.get_mut(doc) else {
+                        continue;
+                    };
+                    let seq = d.next_seq;
+                    d.next_seq += 1;
+                    match self.ctx.store.append(&d.key, seq, &update) {
+                        Ok(()) => {
+                            self.ctx
+                                .metrics
+                                .updates_appended_total
+                                .fetch_add(1, Ordering::Relaxed);
+                            d.log_bytes += update.len();
+                            compact |= d.log_bytes >= self.ctx.config.compact_log_bytes;
+                        }
+                        Err(e) => {
+                            self.ctx
+                                .metrics
+                                .storage_errors_total
+                                .fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(room = %self.name, %doc, error = %e, "append failed");
+                        }
+                    }
+                }
+                Output::Disconnect { conn, code, reason } => {
+                    tracing::info!(room = %self.name, %doc, conn = conn.0, code = code.code(), %reason, "closing connection");
+                    if let Some(outbox) = self.outboxes.remove(&conn) {
+                        outbox.close(code, reason);
+                    }
+                }
+            }
+        }
+        if compact {
+            if let Some(d) = self.docs.get_mut(doc) {
+                start_compaction(&self.ctx, d);
+            }
+        }
+    }
+
+    /// Rebuilds a document from storage after yrs panicked inside it. Storage holds every
+    /// accepted update, so nothing is lost; the offending connection is already closed.
+    async fn heal_if_poisoned(&mut self, doc: &Arc<str>) {
+        if !self
+            .docs
+            .get(doc)
+            .is_some_and(|d| d.session.doc().is_poisoned())
+        {
+            return;
+        }
+        tracing::error!(room = %self.name, %doc, "document poisoned by a panic; reloading from storage");
+        if let Some(d) = self.docs.get_mut(doc) {
+            if let Some(h) = d.compaction.take() {
+                let _ = h.await;
+            }
+        }
+        match self.load_doc(doc).await {
+            Ok(fresh) => {
+                if let Some(d) = self.docs.get_mut(doc) {
+                    d.session.replace_doc(fresh.session.into_doc());
+                }
+            }
+            Err(e) => {
+                tracing::error!(room = %self.name, %doc, error = %e, "reload failed; closing the document");
+                if let Some(d) = self.docs.remove(doc) {
+                    self.ctx.metrics.docs_loaded.fetch_sub(1, Ordering::Relaxed);
+                    drop(d);
+                }
+            }
+        }
+    }
+
+    async fn evict_unused_docs(&mut self) {
+        let unused: Vec<Arc<str>> = self
+            .docs
+            .iter()
+            .filter(|(_, d)| d.session.connections() == 0)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for name in unused {
+            if let Some(mut d) = self.docs.remove(&name) {
+                persist_doc(&self.ctx, &mut d).await;
+                self.ctx.metrics.docs_loaded.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Folds every document's log into its snapshot and flushes the store.
+    async fn persist_all(&mut self) {
+        for d in self.docs.values_mut() {
+            persist_doc(&self.ctx, d).await;
+        }
+        let store = self.ctx.store.clone();
+        match tokio::task::spawn_blocking(move || store.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(room = %self.name, error = %e, "flush failed"),
+            Err(e) => tracing::error!(room = %self.name, error = %e, "flush task failed"),
+        }
+    }
+}
+
+/// Starts folding the document's log into a snapshot in the background, unless a previous
+/// compaction of the same document is still running (two must never overlap: the older one
+/// could overwrite the newer snapshot).
+fn start_compaction(ctx: &Arc<AppCtx>, d: &mut DocState) {
+    if d.compaction.as_ref().is_some_and(|h| !h.is_finished()) {
+        return;
+    }
+    if d.log_bytes == 0 || d.next_seq == 0 {
+        return;
+    }
+    let snapshot = d.session.doc().snapshot();
+    d.session.doc_mut().rebase_size(snapshot.len());
+    let covered = d.next_seq - 1;
+    d.log_bytes = 0;
+    let (ctx, key) = (ctx.clone(), d.key.clone());
+    d.compaction = Some(tokio::task::spawn_blocking(move || {
+        if let Err(e) = YDoc::check_update(&snapshot) {
+            tracing::error!(error = %e, "refusing to write a snapshot that does not decode");
+            return;
+        }
+        match ctx.store.compact(&key, &snapshot, covered) {
+            Ok(()) => {
+                ctx.metrics
+                    .compactions_total
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                ctx.metrics
+                    .storage_errors_total
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "compaction failed");
+            }
+        }
+    }));
+}
+
+/// Waits for a running compaction, then folds whatever log remains.
+async fn persist_doc(ctx: &Arc<AppCtx>, d: &mut DocState) {
+    if let Some(h) = d.compaction.take() {
+        let _ = h.await;
+    }
+    start_compaction(ctx, d);
+    if let Some(h) = d.compaction.take() {
+        let _ = h.await;
+    }
+}

@@ -1,0 +1,326 @@
+//! Awareness (presence) updates: parsing, validation, and the table of known states.
+//!
+//! An awareness update is `varUint count` followed by `count` entries of
+//! `varUint clientID, varUint clock, varString stateJSON`, where the JSON `null` removes a state.
+
+use std::collections::HashMap;
+
+use crate::lib0::{write_var_bytes, write_var_u64, ReadError, Reader};
+use crate::ConnId;
+
+/// One entry of an awareness update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry<'a> {
+    /// The Yjs client id the state belongs to.
+    pub client_id: u64,
+    /// The state's clock; a higher clock replaces a lower one.
+    pub clock: u64,
+    /// The state as JSON text; `null` means the client left.
+    pub state_json: &'a str,
+}
+
+impl Entry<'_> {
+    /// True when the entry removes the client's state.
+    pub fn is_removal(&self) -> bool {
+        self.state_json == "null"
+    }
+}
+
+/// Why an awareness update was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AwarenessError {
+    /// The bytes end early or a field is malformed.
+    #[error("malformed awareness update: {0}")]
+    Malformed(ReadError),
+    /// The entry count cannot fit in the bytes that follow.
+    #[error("awareness update claims {0} entries, more than its bytes can hold")]
+    CountTooLarge(u64),
+    /// Bytes follow the last entry.
+    #[error("awareness update has trailing bytes")]
+    TrailingBytes,
+    /// A state is not valid JSON, or is nested too deeply.
+    #[error("awareness state of client {client_id} is not valid JSON: {reason}")]
+    BadJson {
+        /// The client whose state is invalid.
+        client_id: u64,
+        /// What the JSON parser said.
+        reason: String,
+    },
+}
+
+/// Deepest nesting of arrays and objects accepted in an awareness state. Real states (a user's
+/// name, colour and cursor) nest two or three levels; the limit keeps peers' parsers safe.
+pub const JSON_DEPTH_MAX: usize = 32;
+
+/// Nesting depth of valid JSON text, counting brackets outside strings.
+fn json_depth(json: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in json.bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// Parses and validates an awareness update without copying it. Every state must be valid
+/// JSON nested no deeper than [`JSON_DEPTH_MAX`].
+pub fn parse(update: &[u8]) -> Result<Vec<Entry<'_>>, AwarenessError> {
+    let mut r = Reader::new(update);
+    let count = r.read_var_u64().map_err(AwarenessError::Malformed)?;
+    // Each entry takes at least three bytes, so a larger count is a lie; never trust it for
+    // an allocation.
+    if count > (r.remaining() / 3) as u64 {
+        return Err(AwarenessError::CountTooLarge(count));
+    }
+    let mut entries = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let client_id = r.read_var_u64().map_err(AwarenessError::Malformed)?;
+        let clock = r.read_var_u64().map_err(AwarenessError::Malformed)?;
+        let state_json = r.read_var_str().map_err(AwarenessError::Malformed)?;
+        serde_json::from_str::<serde::de::IgnoredAny>(state_json).map_err(|e| {
+            AwarenessError::BadJson {
+                client_id,
+                reason: e.to_string(),
+            }
+        })?;
+        if json_depth(state_json) > JSON_DEPTH_MAX {
+            return Err(AwarenessError::BadJson {
+                client_id,
+                reason: format!("nested deeper than {JSON_DEPTH_MAX} levels"),
+            });
+        }
+        entries.push(Entry {
+            client_id,
+            clock,
+            state_json,
+        });
+    }
+    if r.remaining() != 0 {
+        return Err(AwarenessError::TrailingBytes);
+    }
+    Ok(entries)
+}
+
+/// Encodes entries as one awareness update.
+pub fn encode<'a>(entries: impl ExactSizeIterator<Item = Entry<'a>>, out: &mut Vec<u8>) {
+    write_var_u64(out, entries.len() as u64);
+    for e in entries {
+        write_var_u64(out, e.client_id);
+        write_var_u64(out, e.clock);
+        write_var_bytes(out, e.state_json.as_bytes());
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Known {
+    clock: u64,
+    /// `None` once removed: the clock is kept so that stale updates stay ignored.
+    state_json: Option<Box<str>>,
+    owner: Option<ConnId>,
+}
+
+/// The awareness states known for one document, and which connection announced each.
+#[derive(Debug, Default)]
+pub struct AwarenessTable {
+    known: HashMap<u64, Known>,
+}
+
+impl AwarenessTable {
+    /// Applies entries from `conn`, with the y-protocols rule: a higher clock wins, and an equal
+    /// clock wins only to remove a state. Returns how many entries changed the table.
+    pub fn apply(&mut self, conn: ConnId, entries: &[Entry<'_>]) -> usize {
+        let mut changed = 0;
+        for e in entries {
+            let newer = match self.known.get(&e.client_id) {
+                None => true,
+                Some(k) => {
+                    k.clock < e.clock
+                        || (k.clock == e.clock && e.is_removal() && k.state_json.is_some())
+                }
+            };
+            if !newer {
+                continue;
+            }
+            changed += 1;
+            self.known.insert(
+                e.client_id,
+                Known {
+                    clock: e.clock,
+                    state_json: (!e.is_removal()).then(|| e.state_json.into()),
+                    owner: (!e.is_removal()).then_some(conn),
+                },
+            );
+        }
+        changed
+    }
+
+    /// Number of clients announced by `conn` that still have a state.
+    pub fn owned_by(&self, conn: ConnId) -> usize {
+        self.known
+            .values()
+            .filter(|k| k.owner == Some(conn) && k.state_json.is_some())
+            .count()
+    }
+
+    /// Number of live states.
+    pub fn len(&self) -> usize {
+        self.known
+            .values()
+            .filter(|k| k.state_json.is_some())
+            .count()
+    }
+
+    /// True when no state is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every live state as one awareness update, or `None` when there is none.
+    pub fn encode_all(&self) -> Option<Vec<u8>> {
+        let live: Vec<Entry<'_>> = self
+            .known
+            .iter()
+            .filter_map(|(&client_id, k)| {
+                k.state_json.as_deref().map(|state_json| Entry {
+                    client_id,
+                    clock: k.clock,
+                    state_json,
+                })
+            })
+            .collect();
+        if live.is_empty() {
+            return None;
+        }
+        let mut out = Vec::new();
+        encode(live.into_iter(), &mut out);
+        Some(out)
+    }
+
+    /// Removes every state `conn` announced, returning the awareness update that tells the
+    /// others (clock + 1, state `null`), or `None` when it announced nothing.
+    pub fn remove_conn(&mut self, conn: ConnId) -> Option<Vec<u8>> {
+        let mut removed = Vec::new();
+        for (&client_id, k) in self.known.iter_mut() {
+            if k.owner == Some(conn) && k.state_json.is_some() {
+                k.clock += 1;
+                k.state_json = None;
+                k.owner = None;
+                removed.push((client_id, k.clock));
+            }
+        }
+        if removed.is_empty() {
+            return None;
+        }
+        let mut out = Vec::new();
+        encode(
+            removed.into_iter().map(|(client_id, clock)| Entry {
+                client_id,
+                clock,
+                state_json: "null",
+            }),
+            &mut out,
+        );
+        Some(out)
+    }
+
+    /// Forgets removed states whose tombstones nobody needs any more (called when the document
+    /// has no connection left).
+    pub fn clear(&mut self) {
+        self.known.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(entries: &[(u64, u64, &str)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode(
+            entries.iter().map(|&(client_id, clock, state_json)| Entry {
+                client_id,
+                clock,
+                state_json,
+            }),
+            &mut out,
+        );
+        out
+    }
+
+    #[test]
+    fn parses_and_rejects() {
+        let u = update(&[(1, 2, r#"{"user":{"name":"a"}}"#), (3, 4, "null")]);
+        let e = parse(&u).unwrap();
+        assert_eq!(e.len(), 2);
+        assert!(e[1].is_removal());
+        assert!(matches!(
+            parse(&update(&[(1, 1, "{nope")])),
+            Err(AwarenessError::BadJson { .. })
+        ));
+        let ok = format!(
+            "{}{}",
+            "[".repeat(JSON_DEPTH_MAX),
+            "]".repeat(JSON_DEPTH_MAX)
+        );
+        assert!(parse(&update(&[(1, 1, &ok)])).is_ok());
+        assert_eq!(json_depth(r#"{"a":"[[[\"{{"}"#), 1);
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(matches!(
+            parse(&update(&[(1, 1, &deep)])),
+            Err(AwarenessError::BadJson { .. })
+        ));
+        assert!(matches!(
+            parse(&[0xff, 0xff, 0xff, 0x7f, 1]),
+            Err(AwarenessError::CountTooLarge(_))
+        ));
+        let mut trailing = u.clone();
+        trailing.push(0);
+        assert_eq!(parse(&trailing), Err(AwarenessError::TrailingBytes));
+        assert!(matches!(
+            parse(&u[..u.len() - 1]),
+            Err(AwarenessError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn table_follows_clock_rules_and_removes_by_connection() {
+        let mut t = AwarenessTable::default();
+        let (a, b) = (ConnId(1), ConnId(2));
+        assert_eq!(t.apply(a, &parse(&update(&[(10, 1, "{}")])).unwrap()), 1);
+        assert_eq!(
+            t.apply(b, &parse(&update(&[(10, 1, r#"{"x":1}"#)])).unwrap()),
+            0
+        );
+        assert_eq!(t.apply(b, &parse(&update(&[(20, 5, "{}")])).unwrap()), 1);
+        assert_eq!(t.len(), 2);
+        let removal = t.remove_conn(a).unwrap();
+        let e = parse(&removal).unwrap();
+        assert_eq!(
+            e,
+            vec![Entry {
+                client_id: 10,
+                clock: 2,
+                state_json: "null"
+            }]
+        );
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.remove_conn(a), None);
+        assert_eq!(parse(&t.encode_all().unwrap()).unwrap()[0].client_id, 20);
+    }
+}

@@ -1,0 +1,131 @@
+//! The y-websocket protocol against the real server, with a client built on yrs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use roomd_sync::{awareness, Message, SyncMessage};
+use roomd_tests::{http_get, TestServer, YClient};
+
+#[tokio::test]
+async fn health_and_readiness_answer() {
+    let server = TestServer::start().await;
+    assert_eq!(server.get("/healthz").await, (200, "ok\n".into()));
+    assert_eq!(server.get("/readyz").await, (200, "ready\n".into()));
+    let (status, body) = server.get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("roomd_connections_open 0"), "{body}");
+    let (status, body) = server.get("/nope").await;
+    assert_eq!(status, 404);
+    assert!(body.contains(r#""code":"not_found""#), "{body}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn edits_reach_the_other_clients_and_late_joiners() {
+    let server = TestServer::start().await;
+    let url = server.doc_url("r1", "notes/today");
+    let mut a = YClient::connect(&url, 1).await;
+    let mut b = YClient::connect(&url, 2).await;
+    a.insert("t", 0, "hello").await;
+    b.until_text("t", "hello").await;
+    b.insert("t", 5, " world").await;
+    a.until_text("t", "hello world").await;
+    let late = YClient::connect(&url, 3).await;
+    assert_eq!(late.text("t"), "hello world");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn documents_and_rooms_are_isolated() {
+    let server = TestServer::start().await;
+    let names = [("r1", "a"), ("r1", "a/b"), ("r2", "a"), ("r1", "b")];
+    for (i, (room, doc)) in names.iter().enumerate() {
+        let mut c = YClient::connect(&server.doc_url(room, doc), 10 + i as u32).await;
+        c.insert("t", 0, &format!("{room}:{doc}")).await;
+        // A second client seeing it proves the server applied it.
+        let mut w = YClient::connect(&server.doc_url(room, doc), 20 + i as u32).await;
+        w.until_text("t", &format!("{room}:{doc}")).await;
+    }
+    for (room, doc) in names {
+        let c = YClient::connect(&server.doc_url(room, doc), 99).await;
+        assert_eq!(c.text("t"), format!("{room}:{doc}"));
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn awareness_is_relayed_sent_to_newcomers_and_removed_on_close() {
+    let server = TestServer::start().await;
+    let url = server.doc_url("r", "d");
+    let mut a = YClient::connect(&url, 1).await;
+    let mut b = YClient::connect(&url, 2).await;
+    let mut state = Vec::new();
+    awareness::encode(
+        [awareness::Entry {
+            client_id: 1,
+            clock: 1,
+            state_json: r#"{"user":"a"}"#,
+        }]
+        .into_iter(),
+        &mut state,
+    );
+    a.send(Message::Awareness(&state)).await;
+    let has = |c: &YClient, json: &str| {
+        c.awareness.iter().any(|u| {
+            awareness::parse(u)
+                .unwrap()
+                .iter()
+                .any(|e| e.client_id == 1 && e.state_json == json)
+        })
+    };
+    b.until(|c| has(c, r#"{"user":"a"}"#)).await;
+    // A newcomer gets the known states right after step 1.
+    let mut c = YClient::connect(&url, 3).await;
+    c.until(|c| has(c, r#"{"user":"a"}"#)).await;
+    // Query-awareness is answered.
+    b.awareness.clear();
+    b.send(Message::QueryAwareness).await;
+    b.until(|c| has(c, r#"{"user":"a"}"#)).await;
+    a.close().await;
+    b.until(|c| has(c, "null")).await;
+    c.until(|c| has(c, "null")).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn state_survives_a_graceful_restart_and_room_unload() {
+    let mut server =
+        TestServer::start_with(|c| c.room_idle_timeout = std::time::Duration::from_millis(50))
+            .await;
+    let url = server.doc_url("r", "d");
+    let mut a = YClient::connect(&url, 1).await;
+    a.insert("t", 0, "persisted").await;
+    let mut b = YClient::connect(&url, 2).await;
+    b.until_text("t", "persisted").await;
+    a.close().await;
+    b.close().await;
+    server.restart().await;
+    let c = YClient::connect(&server.doc_url("r", "d"), 3).await;
+    assert_eq!(c.text("t"), "persisted");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_server_speaks_first_with_step1_in_its_own_frame() {
+    let server = TestServer::start().await;
+    let mut ws = roomd_tests::connect(&server.doc_url("r", "d")).await;
+    use futures_util::StreamExt;
+    let first = ws.next().await.unwrap().unwrap().into_data();
+    let msgs = roomd_sync::decode_frame(
+        &first,
+        roomd_sync::MessageLimits {
+            payload_bytes_max: 1 << 20,
+        },
+    )
+    .unwrap();
+    assert!(
+        matches!(msgs.as_slice(), [Message::Sync(SyncMessage::Step1(_))]),
+        "{msgs:?}"
+    );
+    let (status, _) = http_get(server.addr(), "/healthz").await;
+    assert_eq!(status, 200);
+    server.stop().await;
+}
