@@ -67,7 +67,9 @@ impl Outbox {
     pub fn push(&self, frame: Bytes) -> Result<(), PushError> {
         let len = frame.len();
         let queued = self.shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
-        if queued + len > self.bytes_max {
+        // A frame larger than the whole budget (a big document's step 2) still goes through
+        // when nothing else is queued; the budget bounds the backlog, not single frames.
+        if queued > 0 && queued + len > self.bytes_max {
             self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
             return Err(PushError::Full);
         }

@@ -1,0 +1,261 @@
+//! Hostile input: each bad frame closes only the offending connection with a documented code,
+//! while the server stays healthy and honest clients keep their document.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use roomd::Config;
+use roomd_sync::{awareness, CloseCode, Message as YMessage, SyncMessage};
+use roomd_tests::{connect, expect_close, TestServer, YClient};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Two honest clients sharing "base" in room `r`, document `d`.
+async fn honest_pair(server: &TestServer) -> (YClient, YClient) {
+    let url = server.doc_url("r", "d");
+    let mut a = YClient::connect(&url, 1).await;
+    let mut b = YClient::connect(&url, 2).await;
+    a.insert("t", 0, "base").await;
+    b.until_text("t", "base").await;
+    (a, b)
+}
+
+/// After an attack: the server is healthy, and the honest clients still sync from the same state.
+async fn assert_unharmed(server: &TestServer, a: &mut YClient, b: &mut YClient, round: usize) {
+    assert_eq!(server.get("/healthz").await.0, 200);
+    let before = a.text("t");
+    let mark = format!("+{round}");
+    a.insert("t", before.len() as u32, &mark).await;
+    let want = format!("{before}{mark}");
+    b.until_text("t", &want).await;
+    let fresh = YClient::connect(&server.doc_url("r", "d"), 500 + round as u32).await;
+    assert_eq!(fresh.text("t"), want);
+}
+
+fn frame(msg: YMessage<'_>) -> Vec<u8> {
+    msg.to_vec()
+}
+
+fn awareness_frame(json: &str) -> Vec<u8> {
+    let mut u = Vec::new();
+    awareness::encode(
+        [awareness::Entry {
+            client_id: 77,
+            clock: 1,
+            state_json: json,
+        }]
+        .into_iter(),
+        &mut u,
+    );
+    frame(YMessage::Awareness(&u))
+}
+
+#[tokio::test]
+async fn each_bad_frame_closes_only_its_sender_with_a_documented_code() {
+    let server = TestServer::start().await;
+    let (mut a, mut b) = honest_pair(&server).await;
+    let billions = [0xff, 0xff, 0xff, 0xff, 0x0f];
+    let mut huge_update = billions.to_vec();
+    huge_update.extend_from_slice(&[1, 1, 1, 1]);
+    let mut huge_sv = billions.to_vec();
+    huge_sv.extend_from_slice(&[1, 1]);
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let cases: Vec<(&str, Message, CloseCode)> = vec![
+        (
+            "text frame",
+            Message::Text("hello".into()),
+            CloseCode::ProtocolError,
+        ),
+        (
+            "empty frame",
+            Message::Binary(Vec::new().into()),
+            CloseCode::ProtocolError,
+        ),
+        (
+            "unknown tag",
+            Message::Binary(vec![9].into()),
+            CloseCode::ProtocolError,
+        ),
+        (
+            "unknown sync type",
+            Message::Binary(vec![0, 7, 0].into()),
+            CloseCode::ProtocolError,
+        ),
+        (
+            "truncated varint",
+            Message::Binary(vec![0, 2, 0x80].into()),
+            CloseCode::ProtocolError,
+        ),
+        (
+            "length beyond frame",
+            Message::Binary(vec![0, 2, 10, 1, 2].into()),
+            CloseCode::ProtocolError,
+        ),
+        (
+            "absurd length",
+            Message::Binary(vec![0, 2, 0xff, 0xff, 0xff, 0xff, 0x0f].into()),
+            CloseCode::TooLarge,
+        ),
+        (
+            "garbage update",
+            Message::Binary(frame(YMessage::Sync(SyncMessage::Update(&[0xff; 9]))).into()),
+            CloseCode::ProtocolError,
+        ),
+        (
+            "update claiming 2^32 structs",
+            Message::Binary(frame(YMessage::Sync(SyncMessage::Update(&huge_update))).into()),
+            CloseCode::ProtocolError,
+        ),
+        (
+            "state vector claiming 2^32 entries",
+            Message::Binary(frame(YMessage::Sync(SyncMessage::Step1(&huge_sv))).into()),
+            CloseCode::ProtocolError,
+        ),
+        (
+            "bad awareness JSON",
+            Message::Binary(awareness_frame("{not json").into()),
+            CloseCode::ProtocolError,
+        ),
+        (
+            "deeply nested awareness JSON",
+            Message::Binary(awareness_frame(&deep).into()),
+            CloseCode::ProtocolError,
+        ),
+        (
+            "awareness count lie",
+            Message::Binary(frame(YMessage::Awareness(&[0xff, 0xff, 0xff, 0x0f, 1])).into()),
+            CloseCode::ProtocolError,
+        ),
+        (
+            "auth from a client",
+            Message::Binary(frame(YMessage::AuthDenied("x")).into()),
+            CloseCode::ProtocolError,
+        ),
+        (
+            "trailing garbage after a message",
+            Message::Binary(vec![3, 0xff].into()),
+            CloseCode::ProtocolError,
+        ),
+    ];
+    for (round, (name, msg, want)) in cases.into_iter().enumerate() {
+        let mut evil = connect(&server.doc_url("r", "d")).await;
+        evil.send(msg).await.unwrap();
+        let (code, reason) = expect_close(&mut evil).await;
+        assert_eq!(code, want.code(), "{name}: closed with {code} ({reason})");
+        assert!(!reason.is_empty(), "{name}: close reason is empty");
+        assert_unharmed(&server, &mut a, &mut b, round).await;
+    }
+    assert_eq!(server.metrics().closes(CloseCode::ProtocolError), 14);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_frame_over_the_size_limit_is_refused() {
+    let server =
+        TestServer::start_with(|c: &mut Config| c.limits.message_bytes_max = 64 * 1024).await;
+    let (mut a, mut b) = honest_pair(&server).await;
+    let mut evil = connect(&server.doc_url("r", "d")).await;
+    evil.send(Message::Binary(vec![0u8; 100 * 1024].into()))
+        .await
+        .unwrap();
+    let (code, _) = expect_close(&mut evil).await;
+    assert_eq!(code, CloseCode::TooLarge.code());
+    // An update that fits the frame but not the document limit is refused the same way.
+    assert_unharmed(&server, &mut a, &mut b, 0).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_document_over_its_size_limit_refuses_the_update() {
+    let server = TestServer::start_with(|c: &mut Config| {
+        c.limits.message_bytes_max = 64 * 1024;
+        c.limits.doc_bytes_max = 100 * 1024;
+    })
+    .await;
+    let (mut a, mut b) = honest_pair(&server).await;
+    let mut evil = YClient::connect(&server.doc_url("r", "d"), 66).await;
+    let chunk = "x".repeat(40 * 1024);
+    for i in 0..3 {
+        evil.insert("other", 0, &chunk).await;
+        if i < 2 {
+            b.until(|c| c.text("other").len() >= (i + 1) * chunk.len())
+                .await;
+        }
+    }
+    let (code, _) = expect_close(evil.ws()).await;
+    assert_eq!(code, CloseCode::TooLarge.code());
+    assert_unharmed(&server, &mut a, &mut b, 0).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_flood_is_rate_limited() {
+    let server = TestServer::start_with(|c: &mut Config| {
+        c.limits.conn_messages_per_sec_max = 100;
+        c.limits.conn_messages_burst_max = 200;
+    })
+    .await;
+    let (mut a, mut b) = honest_pair(&server).await;
+    let mut evil = connect(&server.doc_url("r", "d")).await;
+    for _ in 0..1_000 {
+        if evil.send(Message::Binary(vec![3].into())).await.is_err() {
+            break;
+        }
+    }
+    let (code, _) = expect_close(&mut evil).await;
+    assert_eq!(code, CloseCode::RateLimited.code());
+    assert_unharmed(&server, &mut a, &mut b, 0).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn too_many_awareness_states_from_one_connection_are_refused() {
+    let server = TestServer::start().await;
+    let (mut a, mut b) = honest_pair(&server).await;
+    let mut evil = connect(&server.doc_url("r", "d")).await;
+    let json: Vec<String> = (0..100).map(|i| format!("{{\"n\":{i}}}")).collect();
+    let mut u = Vec::new();
+    awareness::encode(
+        json.iter().enumerate().map(|(i, j)| awareness::Entry {
+            client_id: 1000 + i as u64,
+            clock: 1,
+            state_json: j,
+        }),
+        &mut u,
+    );
+    evil.send(Message::Binary(frame(YMessage::Awareness(&u)).into()))
+        .await
+        .unwrap();
+    let (code, _) = expect_close(&mut evil).await;
+    assert_eq!(code, CloseCode::TooLarge.code());
+    assert_unharmed(&server, &mut a, &mut b, 0).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_reader_is_disconnected_not_skipped() {
+    let server = TestServer::start_with(|c: &mut Config| {
+        c.limits.outbox_messages_max = 16;
+        c.limits.message_bytes_max = 64 * 1024;
+        c.limits.outbox_bytes_max = 64 * 1024;
+        c.close_timeout = Duration::from_secs(20);
+    })
+    .await;
+    let url = server.doc_url("r", "d");
+    let mut slow = connect(&url).await; // never reads until the end
+    let mut writer = YClient::connect(&url, 1).await;
+    let chunk = "y".repeat(4096);
+    let mut sent = 0usize;
+    while server.metrics().closes(CloseCode::TooSlow) == 0 {
+        assert!(sent < 20_000, "the slow reader was never disconnected");
+        writer.insert("t", 0, &chunk).await;
+        sent += 1;
+    }
+    let (code, _) = expect_close(&mut slow).await;
+    assert_eq!(code, CloseCode::TooSlow.code());
+    // Reconnecting resyncs everything.
+    let mut again = YClient::connect(&url, 2).await;
+    let want = chunk.len() * sent;
+    again.until(|c| c.text("t").len() == want).await;
+    server.stop().await;
+}
