@@ -129,3 +129,43 @@ async fn the_server_speaks_first_with_step1_in_its_own_frame() {
     assert_eq!(status, 200);
     server.stop().await;
 }
+
+/// Polls `cond` until it holds, failing after the common wait.
+async fn eventually(mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + roomd_tests::WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached in time"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await; // polling a gauge
+    }
+}
+
+#[tokio::test]
+async fn an_idle_room_unloads_with_everything_flushed_and_loads_again() {
+    use std::sync::atomic::Ordering;
+    let server = TestServer::start_with(|c| {
+        c.room_idle_timeout = std::time::Duration::from_millis(30);
+        c.compact_log_bytes = 16;
+    })
+    .await;
+    let url = server.doc_url("r", "d");
+    for round in 0..3 {
+        let mut a = YClient::connect(&url, 10 + round).await;
+        let want = format!("{}{round}", a.text("t"));
+        a.insert("t", round, &round.to_string()).await;
+        let mut b = YClient::connect(&url, 20 + round).await;
+        b.until_text("t", &want).await;
+        assert_eq!(server.metrics().rooms_active.load(Ordering::Relaxed), 1);
+        a.close().await;
+        b.close().await;
+        eventually(|| server.metrics().rooms_active.load(Ordering::Relaxed) == 0).await;
+        assert_eq!(server.metrics().docs_loaded.load(Ordering::Relaxed), 0);
+        let c = YClient::connect(&url, 30 + round).await;
+        assert_eq!(c.text("t"), want, "round {round}");
+        c.close().await;
+    }
+    assert!(server.metrics().compactions_total.load(Ordering::Relaxed) >= 1);
+    server.stop().await;
+}
