@@ -33,7 +33,10 @@ fn sources(dir: &Path) -> Vec<(String, String)> {
         if path.is_dir() {
             out.extend(sources(&path));
         } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push((path.display().to_string(), std::fs::read_to_string(&path).unwrap()));
+            out.push((
+                path.display().to_string(),
+                std::fs::read_to_string(&path).unwrap(),
+            ));
         }
     }
     out
@@ -43,14 +46,37 @@ fn sources(dir: &Path) -> Vec<(String, String)> {
 fn dependencies_point_one_way() {
     let root = repo_root();
     let forbidden: [(&str, &[&str]); 3] = [
-        ("crdt", &["roomd-sync", "roomd", "tokio", "axum", "sled", "tokio-tungstenite"]),
-        ("sync", &["roomd", "tokio", "axum", "sled", "tokio-tungstenite", "tokio-util"]),
+        (
+            "crdt",
+            &[
+                "roomd-sync",
+                "roomd",
+                "tokio",
+                "axum",
+                "sled",
+                "tokio-tungstenite",
+            ],
+        ),
+        (
+            "sync",
+            &[
+                "roomd",
+                "tokio",
+                "axum",
+                "sled",
+                "tokio-tungstenite",
+                "tokio-util",
+            ],
+        ),
         ("fuzz", &["roomd", "tokio", "axum", "sled"]),
     ];
     for (krate, banned) in forbidden {
         let deps = dependencies(&root.join(krate).join("Cargo.toml"));
         for b in banned {
-            assert!(!deps.iter().any(|d| d == b), "{krate} must not depend on {b}");
+            assert!(
+                !deps.iter().any(|d| d == b),
+                "{krate} must not depend on {b}"
+            );
         }
     }
     // Nothing but the tests depends on the server.
@@ -70,7 +96,16 @@ fn pure_crates_have_no_io_async_or_clock() {
                 .filter(|l| !l.trim_start().starts_with("//"))
                 .collect::<Vec<_>>()
                 .join("\n");
-            for banned in ["tokio", "std::net", "std::fs", "Instant::now", "SystemTime", "async fn", "thread_rng", "rand::"] {
+            for banned in [
+                "tokio",
+                "std::net",
+                "std::fs",
+                "Instant::now",
+                "SystemTime",
+                "async fn",
+                "thread_rng",
+                "rand::",
+            ] {
                 assert!(!code.contains(banned), "{path} uses {banned}");
             }
         }
@@ -80,9 +115,18 @@ fn pure_crates_have_no_io_async_or_clock() {
 #[test]
 fn every_source_file_says_what_it_is_for() {
     let root = repo_root();
-    for dir in ["crdt/src", "sync/src", "server/src", "tests/src", "tests/tests"] {
+    for dir in [
+        "crdt/src",
+        "sync/src",
+        "server/src",
+        "tests/src",
+        "tests/tests",
+    ] {
         for (path, text) in sources(&root.join(dir)) {
-            assert!(text.starts_with("//!"), "{path} does not open with a //! line");
+            assert!(
+                text.starts_with("//!"),
+                "{path} does not open with a //! line"
+            );
         }
     }
 }
