@@ -4,6 +4,8 @@
 //! touches a `yrs::Doc` directly and never sees a panic from a malformed update.
 
 mod limits;
+#[cfg(feature = "trace")]
+pub mod trace;
 mod ydoc;
 
 pub use limits::DocLimits;

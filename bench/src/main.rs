@@ -1,0 +1,199 @@
+//! `roomd-bench`: drives the same load against roomd and the peer servers and prints figures
+//! (human-readable lines, then one JSON line per scenario).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod book;
+mod peer;
+mod procstat;
+mod scenarios;
+mod target;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use scenarios::{Report, Typing};
+use target::{Kind, Target};
+
+#[derive(Debug, Parser)]
+#[command(name = "roomd-bench", about = "Load generator for roomd and its peers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct ServerArgs {
+    /// Which server is listening.
+    #[arg(long, value_enum, default_value = "roomd")]
+    server: Kind,
+    /// Its address.
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    addr: String,
+    /// Its process id, to read its CPU time and resident memory.
+    #[arg(long)]
+    pid: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// One document, many peers, some of them typing: latency to every other peer.
+    Fanout {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long, default_value_t = 100)]
+        peers: usize,
+        #[arg(long, default_value_t = 20)]
+        writers: usize,
+        #[arg(long, default_value_t = 6.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Many documents with a few peers each.
+    Rooms {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long, default_value_t = 200)]
+        docs: usize,
+        #[arg(long, default_value_t = 4)]
+        peers: usize,
+        #[arg(long, default_value_t = 6.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Every peer writes as fast as the server delivers, within a window of unconfirmed updates.
+    Throughput {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long, default_value_t = 10)]
+        peers: usize,
+        #[arg(long, default_value_t = 64)]
+        window: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Connections held after their handshake: the server's memory per connection.
+    Idle {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+    },
+    /// Replays an editing trace through one writer until a second client holds its end state.
+    Replay {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        trace: TraceArgs,
+    },
+    /// Times loading a stored document (run `replay` first, then restart the server).
+    ColdLoad {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        trace: TraceArgs,
+    },
+}
+
+/// The trace to replay and the document that holds it.
+#[derive(Debug, clap::Args)]
+struct TraceArgs {
+    /// A gzipped editing trace (automerge-paper.json.gz).
+    #[arg(long)]
+    trace: PathBuf,
+    #[arg(long, default_value = "replay")]
+    doc: String,
+}
+
+fn target(s: &ServerArgs) -> Target {
+    Target {
+        kind: s.server,
+        addr: s.addr.clone(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let report: Report = match cli.command {
+        Command::Fanout {
+            server,
+            peers,
+            writers,
+            rate,
+            seconds,
+        } => {
+            let p = Typing {
+                docs: 1,
+                peers,
+                writers,
+                rate,
+                duration: Duration::from_secs(seconds),
+            };
+            scenarios::typing(&target(&server), "fanout", &p, server.pid).await?
+        }
+        Command::Rooms {
+            server,
+            docs,
+            peers,
+            rate,
+            seconds,
+        } => {
+            let p = Typing {
+                docs,
+                peers,
+                writers: 1,
+                rate,
+                duration: Duration::from_secs(seconds),
+            };
+            scenarios::typing(&target(&server), "rooms", &p, server.pid).await?
+        }
+        Command::Throughput {
+            server,
+            peers,
+            window,
+            seconds,
+        } => {
+            scenarios::throughput(
+                &target(&server),
+                peers,
+                window,
+                Duration::from_secs(seconds),
+                server.pid,
+            )
+            .await?
+        }
+        Command::Idle {
+            server,
+            connections,
+        } => scenarios::idle(&target(&server), connections, server.pid).await?,
+        Command::Replay { server, trace } => {
+            let doc = trace.doc;
+            let trace = load_trace(&trace.trace)?;
+            scenarios::replay(&target(&server), &trace, &doc, server.pid).await?
+        }
+        Command::ColdLoad { server, trace } => {
+            let doc = trace.doc;
+            let trace = load_trace(&trace.trace)?;
+            scenarios::cold_load(&target(&server), &trace, &doc).await?
+        }
+    };
+    report.print();
+    if report.problems.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{} problem(s) in {}",
+            report.problems.len(),
+            report.scenario
+        )
+    }
+}
+
+fn load_trace(path: &std::path::Path) -> anyhow::Result<roomd_crdt::trace::Trace> {
+    let bytes =
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    Ok(roomd_crdt::trace::Trace::from_gzip(&bytes)?)
+}

@@ -1,0 +1,505 @@
+//! The load scenarios: fan-out, throughput, many rooms, idle, replay and cold load. Each
+//! returns a [`Report`] of named figures.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use tokio::sync::Notify;
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, GetString, Text, Transact, Update};
+
+use crate::book::Book;
+use crate::peer::{Peer, WireStats};
+use crate::procstat::{rss_kib, CpuMeter};
+use crate::target::Target;
+use roomd_crdt::trace::Trace;
+
+/// Figures of one scenario run.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: String,
+    /// Server name.
+    pub server: String,
+    /// Named figures, in order.
+    pub figures: Vec<(String, f64)>,
+    /// Problems seen (lost deliveries, timeouts).
+    pub problems: Vec<String>,
+}
+
+impl Report {
+    fn new(scenario: &str, target: &Target) -> Report {
+        Report {
+            scenario: scenario.into(),
+            server: target.kind.name().into(),
+            ..Report::default()
+        }
+    }
+
+    fn add(&mut self, name: &str, value: f64) {
+        self.figures.push((name.into(), value));
+    }
+
+    /// Prints the human-readable lines and the JSON line.
+    pub fn print(&self) {
+        println!("[{}] {}", self.server, self.scenario);
+        for (name, value) in &self.figures {
+            println!("    {name:<28} {value:>14.3}");
+        }
+        for p in &self.problems {
+            println!("    PROBLEM: {p}");
+        }
+        println!("{}", serde_json::to_string(self).unwrap_or_default());
+    }
+}
+
+/// Distinct random u32 client ids (Yjs draws them as uint32).
+fn client_ids(n: usize, seed: u64) -> Vec<u32> {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut ids = std::collections::HashSet::new();
+    while ids.len() < n {
+        ids.insert(rng.random_range(1..u32::MAX));
+    }
+    ids.into_iter().collect()
+}
+
+/// A writer's replica: it types one character at a time at the end of its own text.
+struct Typist {
+    doc: Doc,
+    clock: u32,
+}
+
+impl Typist {
+    fn new(client_id: u32) -> Typist {
+        Typist {
+            doc: Doc::with_client_id(u64::from(client_id)),
+            clock: 0,
+        }
+    }
+
+    /// One keystroke: (clock of the new character, the v1 update).
+    fn type_char(&mut self) -> (u32, Vec<u8>) {
+        let text = self.doc.get_or_insert_text("t");
+        let mut txn = self.doc.transact_mut();
+        let len = text.len(&txn);
+        text.insert(&mut txn, len, "x");
+        let clock = self.clock;
+        self.clock += 1;
+        (clock, txn.encode_update_v1())
+    }
+}
+
+/// Connects `n` peers to `doc`, the first `writers.len()` of which write.
+async fn connect_peers(
+    target: &Target,
+    doc: &str,
+    ids: &[u32],
+    writers: usize,
+    book: &Arc<Book>,
+    stats: &Arc<WireStats>,
+) -> anyhow::Result<(Vec<Peer>, Vec<Vec<Arc<AtomicU64>>>)> {
+    let mut peers = Vec::with_capacity(ids.len());
+    let mut watermarks = Vec::with_capacity(ids.len());
+    for (i, &id) in ids.iter().enumerate() {
+        let own = (i < writers).then_some(i);
+        let mut receiver = book.receiver(own);
+        watermarks.push(receiver.watermarks.clone());
+        let notify = book.progress.clone();
+        let on_update = Box::new(move |u: &[u8]| {
+            if receiver.receive(u) > 0 {
+                notify.notify_waiters();
+            }
+        });
+        peers.push(Peer::connect(target, doc, id, stats.clone(), on_update).await?);
+    }
+    Ok((peers, watermarks))
+}
+
+/// Waits until `done` holds or `timeout` passes; true if it held.
+async fn wait_for(notify: &Notify, timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !done() {
+        let woken = notify.notified();
+        if tokio::time::timeout_at(deadline, async {
+            tokio::select! {
+                _ = woken => {}
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        })
+        .await
+        .is_err()
+        {
+            return done();
+        }
+    }
+    true
+}
+
+fn latency_figures(report: &mut Report, book: &Book) {
+    let h = book.latencies();
+    let ms = |us: u64| us as f64 / 1000.0;
+    report.add("latency_p50_ms", ms(h.value_at_quantile(0.50)));
+    report.add("latency_p99_ms", ms(h.value_at_quantile(0.99)));
+    report.add("latency_p999_ms", ms(h.value_at_quantile(0.999)));
+    report.add("latency_max_ms", ms(h.max()));
+}
+
+/// Parameters of a typing load on one or more documents.
+#[derive(Debug, Clone)]
+pub struct Typing {
+    /// Documents.
+    pub docs: usize,
+    /// Peers per document.
+    pub peers: usize,
+    /// Writers per document (the first peers).
+    pub writers: usize,
+    /// Edits per second of each writer.
+    pub rate: f64,
+    /// How long writers type.
+    pub duration: Duration,
+}
+
+/// Fan-out and many-rooms: writers type at a steady rate; every edit must reach every other
+/// peer of its document. Latency from send to each arrival, and the delivery ratio.
+pub async fn typing(
+    target: &Target,
+    name: &str,
+    p: &Typing,
+    server_pid: Option<u32>,
+) -> anyhow::Result<Report> {
+    let mut report = Report::new(name, target);
+    let total_writers = p.docs * p.writers;
+    let ids = client_ids(p.docs * p.peers, 7);
+    let writer_ids: Vec<u32> = (0..p.docs)
+        .flat_map(|d| ids[d * p.peers..d * p.peers + p.writers].iter().copied())
+        .collect();
+    let clocks_max = (p.rate * p.duration.as_secs_f64() * 1.5) as usize + 64;
+    let book = Book::new(&writer_ids, clocks_max);
+    let stats = Arc::new(WireStats::default());
+    let run = format!("{}-{}", name, std::process::id());
+    let mut all_peers = Vec::new();
+    for d in 0..p.docs {
+        let doc = format!("{run}-{d}");
+        target.prepare_doc(&doc).await?;
+        // Writer indices in the book are global: document d's writers are d*writers...
+        let doc_ids = &ids[d * p.peers..(d + 1) * p.peers];
+        let mut peers = Vec::new();
+        for (i, &id) in doc_ids.iter().enumerate() {
+            let own = (i < p.writers).then_some(d * p.writers + i);
+            let mut receiver = book.receiver(own);
+            let notify = book.progress.clone();
+            let on_update = Box::new(move |u: &[u8]| {
+                if receiver.receive(u) > 0 {
+                    notify.notify_waiters();
+                }
+            });
+            peers.push(Peer::connect(target, &doc, id, stats.clone(), on_update).await?);
+        }
+        all_peers.push(peers);
+    }
+    let cpu = CpuMeter::start(server_pid);
+    let sent = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    let all_peers = Arc::new(all_peers);
+    for (w, &id) in writer_ids.iter().enumerate().take(total_writers) {
+        let (d, i) = (w / p.writers, w % p.writers);
+        let (book, sent, peers) = (book.clone(), sent.clone(), all_peers.clone());
+        let (rate, duration) = (p.rate, p.duration);
+        tasks.push(tokio::spawn(async move {
+            let period = Duration::from_secs_f64(1.0 / rate);
+            let phase = Duration::from_secs_f64(rand::random::<f64>() / rate);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
+            let mut typist = Typist::new(id);
+            while start.elapsed() < duration {
+                tick.tick().await;
+                let (clock, update) = typist.type_char();
+                book.sent(w, clock);
+                if peers[d][i].send_update(&update).await.is_err() {
+                    break;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let sent = sent.load(Ordering::Relaxed);
+    let expected = sent * (p.peers as u64 - 1);
+    let complete = wait_for(&book.progress, Duration::from_secs(10), || {
+        book.delivered.load(Ordering::Relaxed) >= expected
+    })
+    .await;
+    let (gen_cpu, server_cpu) = cpu.stop();
+    let rss = server_pid.map_or(0, rss_kib);
+    let peers = Arc::try_unwrap(all_peers).unwrap_or_default();
+    for doc_peers in peers {
+        for peer in doc_peers {
+            peer.close().await;
+        }
+    }
+    let delivered = book.delivered.load(Ordering::Relaxed);
+    report.add("peers", (p.docs * p.peers) as f64);
+    report.add("edits_sent", sent as f64);
+    report.add("deliveries_expected", expected as f64);
+    report.add("deliveries", delivered as f64);
+    report.add("delivery_ratio", delivered as f64 / expected.max(1) as f64);
+    report.add("duplicates", book.duplicates.load(Ordering::Relaxed) as f64);
+    let missing = (!complete).then(|| expected.saturating_sub(delivered));
+    closing_figures(&mut report, &book, (gen_cpu, server_cpu), rss, missing);
+    Ok(report)
+}
+
+/// Throughput: every peer writes as fast as the server delivers, each keeping at most
+/// `window` updates that have not yet reached every other peer.
+pub async fn throughput(
+    target: &Target,
+    peers_n: usize,
+    window: u64,
+    duration: Duration,
+    server_pid: Option<u32>,
+) -> anyhow::Result<Report> {
+    let mut report = Report::new("throughput", target);
+    let ids = client_ids(peers_n, 11);
+    let clocks_max = 4_000_000;
+    let book = Book::new(&ids, clocks_max);
+    let stats = Arc::new(WireStats::default());
+    let doc = format!("throughput-{}", std::process::id());
+    target.prepare_doc(&doc).await?;
+    let (peers, watermarks) = connect_peers(target, &doc, &ids, peers_n, &book, &stats).await?;
+    let peers = Arc::new(peers);
+    let watermarks = Arc::new(watermarks);
+    let cpu = CpuMeter::start(server_pid);
+    let start = Instant::now();
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..peers_n {
+        let (book, peers, watermarks, sent) = (
+            book.clone(),
+            peers.clone(),
+            watermarks.clone(),
+            sent.clone(),
+        );
+        let id = ids[w];
+        tasks.push(tokio::spawn(async move {
+            let mut typist = Typist::new(id);
+            // Confirmed: every other peer has every clock below this.
+            let confirmed = |wm: &Vec<Vec<Arc<AtomicU64>>>| {
+                (0..wm.len())
+                    .filter(|&r| r != w)
+                    .map(|r| wm[r][w].load(Ordering::Acquire))
+                    .min()
+                    .unwrap_or(0)
+            };
+            while start.elapsed() < duration && (typist.clock as usize) < clocks_max - 1 {
+                if u64::from(typist.clock) - confirmed(&watermarks) >= window {
+                    let progressed = wait_for(&book.progress, Duration::from_secs(10), || {
+                        u64::from(typist.clock) - confirmed(&watermarks) < window
+                    })
+                    .await;
+                    if !progressed {
+                        break;
+                    }
+                    continue;
+                }
+                let (clock, update) = typist.type_char();
+                book.sent(w, clock);
+                if peers[w].send_update(&update).await.is_err() {
+                    break;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let delivered_in_time = book.delivered.load(Ordering::Relaxed);
+    let messages_in_time = stats.update_messages.load(Ordering::Relaxed);
+    let sent = sent.load(Ordering::Relaxed);
+    let expected = sent * (peers_n as u64 - 1);
+    let complete = wait_for(&book.progress, Duration::from_secs(10), || {
+        book.delivered.load(Ordering::Relaxed) >= expected
+    })
+    .await;
+    let (gen_cpu, server_cpu) = cpu.stop();
+    let rss = server_pid.map_or(0, rss_kib);
+    for peer in Arc::try_unwrap(peers).unwrap_or_default() {
+        peer.close().await;
+    }
+    let delivered = book.delivered.load(Ordering::Relaxed);
+    report.add("peers", peers_n as f64);
+    report.add("window", window as f64);
+    report.add("updates_sent", sent as f64);
+    report.add("deliveries_per_sec", delivered_in_time as f64 / elapsed);
+    report.add("update_messages_per_sec", messages_in_time as f64 / elapsed);
+    report.add("delivery_ratio", delivered as f64 / expected.max(1) as f64);
+    let missing = (!complete).then(|| expected.saturating_sub(delivered));
+    closing_figures(&mut report, &book, (gen_cpu, server_cpu), rss, missing);
+    Ok(report)
+}
+
+/// The figures every delivery scenario ends with: latency, CPU, memory, and a problem when
+/// `missing` deliveries never arrived.
+fn closing_figures(
+    report: &mut Report,
+    book: &Book,
+    cpu: (f64, f64),
+    rss_kib: u64,
+    missing: Option<u64>,
+) {
+    latency_figures(report, book);
+    report.add("generator_cpu_cores", cpu.0);
+    report.add("server_cpu_cores", cpu.1);
+    report.add("server_rss_mib", rss_kib as f64 / 1024.0);
+    if let Some(missing) = missing {
+        report.problems.push(format!(
+            "{missing} deliveries missing 10 s after the last update"
+        ));
+    }
+}
+
+/// Idle: `n` connections held after their handshake; the server's resident memory per
+/// connection (run on a freshly started server).
+pub async fn idle(target: &Target, n: usize, server_pid: Option<u32>) -> anyhow::Result<Report> {
+    let mut report = Report::new("idle", target);
+    let stats = Arc::new(WireStats::default());
+    let docs = n.div_ceil(1_000);
+    let run = format!("idle-{}", std::process::id());
+    let mut warm = Vec::new();
+    for d in 0..docs {
+        let doc = format!("{run}-{d}");
+        target.prepare_doc(&doc).await?;
+        warm.push(Peer::connect(target, &doc, 1, stats.clone(), Box::new(|_| {})).await?);
+    }
+    let before = server_pid.map_or(0, rss_kib);
+    let mut held = Vec::with_capacity(n);
+    for i in 0..n {
+        let doc = format!("{run}-{}", i % docs);
+        held.push(
+            Peer::connect(
+                target,
+                &doc,
+                1000 + i as u32,
+                stats.clone(),
+                Box::new(|_| {}),
+            )
+            .await?,
+        );
+    }
+    let after = server_pid.map_or(0, rss_kib);
+    report.add("connections", n as f64);
+    report.add("server_rss_before_mib", before as f64 / 1024.0);
+    report.add("server_rss_after_mib", after as f64 / 1024.0);
+    report.add("added_mib", after.saturating_sub(before) as f64 / 1024.0);
+    report.add(
+        "kib_per_connection",
+        after.saturating_sub(before) as f64 / n as f64,
+    );
+    for p in held.into_iter().chain(warm) {
+        drop(p);
+    }
+    Ok(report)
+}
+
+/// Replay: every patch of a trace through one writer, pipelined; done when a second client's
+/// document equals the trace's end content.
+pub async fn replay(
+    target: &Target,
+    trace: &Trace,
+    doc: &str,
+    server_pid: Option<u32>,
+) -> anyhow::Result<Report> {
+    let mut report = Report::new("replay", target);
+    let updates = trace.updates(4242, "t");
+    target.prepare_doc(doc).await?;
+    let stats = Arc::new(WireStats::default());
+    let done = Arc::new(Notify::new());
+    let finished = Arc::new(AtomicU64::new(0));
+    let reader_doc = Doc::with_client_id(1);
+    let want = trace.end_content.clone();
+    let (d2, f2) = (done.clone(), finished.clone());
+    let on_update = Box::new(move |u: &[u8]| {
+        if let Ok(update) = Update::decode_v1(u) {
+            let _ = reader_doc.transact_mut().apply_update(update);
+        }
+        // Comparing costs a full string: do it only once the length matches.
+        if f2.load(Ordering::Relaxed) == 0 {
+            let text = reader_doc.get_or_insert_text("t");
+            let txn = reader_doc.transact();
+            if text.len(&txn) as usize == want.len() && text.get_string(&txn) == want {
+                f2.store(1, Ordering::Release);
+                d2.notify_waiters();
+            }
+        }
+    });
+    let reader = Peer::connect(target, doc, 1, stats.clone(), on_update).await?;
+    let writer = Peer::connect(target, doc, 4242, stats.clone(), Box::new(|_| {})).await?;
+    let cpu = CpuMeter::start(server_pid);
+    let start = Instant::now();
+    for u in &updates {
+        writer.send_update(u).await?;
+    }
+    let sent_in = start.elapsed();
+    let ok = wait_for(&done, Duration::from_secs(300), || {
+        finished.load(Ordering::Acquire) == 1
+    })
+    .await;
+    let elapsed = start.elapsed();
+    let (gen_cpu, server_cpu) = cpu.stop();
+    report.add("updates", updates.len() as f64);
+    report.add("send_seconds", sent_in.as_secs_f64());
+    report.add("replay_seconds", elapsed.as_secs_f64());
+    report.add("generator_cpu_cores", gen_cpu);
+    report.add("server_cpu_cores", server_cpu);
+    report.add(
+        "server_rss_mib",
+        server_pid.map_or(0, rss_kib) as f64 / 1024.0,
+    );
+    if !ok {
+        report
+            .problems
+            .push("the second client never reached the trace's end content".into());
+    }
+    writer.close().await;
+    reader.close().await;
+    Ok(report)
+}
+
+/// Cold load: connect to a stored document (after a restart) and time until the state is held.
+pub async fn cold_load(target: &Target, trace: &Trace, doc: &str) -> anyhow::Result<Report> {
+    let mut report = Report::new("cold_load", target);
+    let stats = Arc::new(WireStats::default());
+    let holder = Arc::new(std::sync::Mutex::new(Doc::with_client_id(2)));
+    let h2 = holder.clone();
+    let start = Instant::now();
+    let on_update = Box::new(move |u: &[u8]| {
+        if let (Ok(update), Ok(doc)) = (Update::decode_v1(u), h2.lock()) {
+            let _ = doc.transact_mut().apply_update(update);
+        }
+    });
+    // The handshake completes when the step 2 (the whole state) has been received and applied.
+    let peer = Peer::connect(target, doc, 2, stats, on_update).await?;
+    let elapsed = start.elapsed();
+    let text = {
+        let doc = holder.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let t = doc.get_or_insert_text("t");
+        let txn = doc.transact();
+        t.get_string(&txn)
+    };
+    report.add("cold_load_ms", elapsed.as_secs_f64() * 1000.0);
+    if text != trace.end_content {
+        report.problems.push(format!(
+            "loaded document has {} characters, the trace ends with {}",
+            text.len(),
+            trace.end_content.len()
+        ));
+    }
+    peer.close().await;
+    Ok(report)
+}
