@@ -2,18 +2,13 @@
 //! (human-readable lines, then one JSON line per scenario).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod book;
-mod peer;
-mod procstat;
-mod scenarios;
-mod target;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use scenarios::{Report, Typing};
-use target::{Kind, Target};
+use roomd_bench::scenarios::{self, Report, Typing};
+use roomd_bench::target::{Kind, Target};
+use roomd_bench::{compare, load_trace, render};
 
 #[derive(Debug, Parser)]
 #[command(name = "roomd-bench", about = "Load generator for roomd and its peers")]
@@ -37,6 +32,46 @@ struct ServerArgs {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Every scenario against roomd and each peer in turn, each run on a freshly started
+    /// server; writes the figures into BENCHMARKS.md and the plots beside it.
+    Compare {
+        /// Runs of each scenario on each server (the median is kept).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Servers to run, in order.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "roomd,y-websocket,hocuspocus,y-sweet"
+        )]
+        servers: Vec<Kind>,
+        /// Only the scenarios whose key starts with one of these (fanout, throughput, rooms,
+        /// idle, replay, cold-load; fanout-100, idle-5000, ...).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// A few seconds per scenario instead of the full sizes.
+        #[arg(long)]
+        smoke: bool,
+        /// The roomd binary.
+        #[arg(long, default_value = "target/release/roomd")]
+        roomd: PathBuf,
+        /// Where bench/peers/install put the peers.
+        #[arg(long, default_value = "bench/peers")]
+        peers: PathBuf,
+        /// The editing trace of the replay and cold-load scenarios.
+        #[arg(
+            long,
+            default_value = "../shared/data/editing-traces/automerge-paper.json.gz"
+        )]
+        trace: PathBuf,
+        /// The document whose figures section is rewritten (created when missing).
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: PathBuf,
+        /// Where the SVG plots go (linked from `out` by this relative path).
+        #[arg(long, default_value = "docs/bench")]
+        plots: PathBuf,
+    },
     /// One document, many peers, some of them typing: latency to every other peer.
     Fanout {
         #[command(flatten)]
@@ -118,6 +153,56 @@ fn target(s: &ServerArgs) -> Target {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let report: Report = match cli.command {
+        Command::Compare {
+            runs,
+            servers,
+            only,
+            smoke,
+            roomd,
+            peers,
+            trace,
+            out,
+            plots,
+        } => {
+            let scale = if smoke {
+                compare::Scale::SMOKE
+            } else {
+                compare::Scale::FULL
+            };
+            let steps: Vec<compare::Step> = scale
+                .steps()
+                .into_iter()
+                .filter(|s| only.is_empty() || only.iter().any(|o| s.key().starts_with(o)))
+                .collect();
+            let programs = compare::Programs { roomd, peers };
+            let trace = load_trace(&trace)?;
+            let results =
+                compare::compare(&servers, &scale, &steps, runs, &programs, &trace).await?;
+            let versions = compare::versions(&programs, &servers);
+            let section = render::figures_section(
+                &results,
+                &servers,
+                &scale,
+                runs,
+                &plots,
+                &plots.display().to_string(),
+                &versions,
+            )?;
+            let doc = std::fs::read_to_string(&out).unwrap_or_else(|_| "# Benchmarks\n".into());
+            std::fs::write(&out, render::splice(&doc, &section))?;
+            println!(
+                "wrote {} and the plots in {}",
+                out.display(),
+                plots.display()
+            );
+            let failed: usize = results.values().map(|o| o.problems.len()).sum();
+            anyhow::ensure!(
+                failed == 0,
+                "{failed} problem(s) during the comparison (see {})",
+                out.display()
+            );
+            return Ok(());
+        }
         Command::Fanout {
             server,
             peers,
@@ -190,10 +275,4 @@ async fn main() -> anyhow::Result<()> {
             report.scenario
         )
     }
-}
-
-fn load_trace(path: &std::path::Path) -> anyhow::Result<roomd_crdt::trace::Trace> {
-    let bytes =
-        std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-    Ok(roomd_crdt::trace::Trace::from_gzip(&bytes)?)
 }

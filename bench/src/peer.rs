@@ -51,7 +51,7 @@ impl Peer {
         let url = target.doc_url(doc);
         let (ws, _) = tokio::time::timeout(
             Duration::from_secs(30),
-            tokio_tungstenite::connect_async(&url),
+            tokio_tungstenite::connect_async_with_config(&url, None, true),
         )
         .await
         .map_err(|_| anyhow::anyhow!("connecting to {url} timed out"))??;

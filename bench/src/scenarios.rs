@@ -43,6 +43,18 @@ impl Report {
         self.figures.push((name.into(), value));
     }
 
+    /// The report itself, or an error listing its problems.
+    pub fn ensure_clean(self) -> anyhow::Result<Report> {
+        anyhow::ensure!(
+            self.problems.is_empty(),
+            "{} on {}: {}",
+            self.scenario,
+            self.server,
+            self.problems.join("; ")
+        );
+        Ok(self)
+    }
+
     /// Prints the human-readable lines and the JSON line.
     pub fn print(&self) {
         println!("[{}] {}", self.server, self.scenario);

@@ -4,7 +4,9 @@
 use roomd_sync::lib0::{write_var_bytes, write_var_u64, Reader};
 
 /// Which server is under test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum, serde::Serialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
     /// roomd: `ws://HOST/v1/rooms/bench/yjs/DOC`.

@@ -4,7 +4,7 @@
 
 use std::io::Read;
 
-use yrs::{ClientID, Doc, GetString, OffsetKind, Options, Text, Transact};
+use yrs::{ClientID, Doc, GetString, OffsetKind, Options, Text, TextRef, Transact};
 
 /// An editing trace. Positions are read as UTF-16 code units, which equal characters for text
 /// within the Basic Multilingual Plane (the public traces are ASCII).
@@ -51,6 +51,32 @@ impl Trace {
         self.txns.iter().map(|t| t.patches.len()).sum()
     }
 
+    /// The first `patches` patches of this trace (whole transactions), with the end content
+    /// they produce.
+    pub fn prefix(&self, patches: usize) -> Trace {
+        let mut txns = Vec::new();
+        let mut taken = 0;
+        for txn in &self.txns {
+            if taken >= patches {
+                break;
+            }
+            taken += txn.patches.len();
+            txns.push(TraceTxn {
+                patches: txn.patches.clone(),
+            });
+        }
+        let mut prefix = Trace {
+            start_content: self.start_content.clone(),
+            end_content: String::new(),
+            txns,
+        };
+        let doc = trace_doc(1);
+        let text = doc.get_or_insert_text("t");
+        prefix.edit(&doc, &text, |_| {});
+        prefix.end_content = text.get_string(&doc.transact());
+        prefix
+    }
+
     /// One v1 update per patch (plus one for a non-empty start content), written to the text
     /// `name` by a writer with client id `client_id`. Applying them in order to an empty
     /// document yields [`Trace::end_content`].
@@ -58,10 +84,18 @@ impl Trace {
         let doc = trace_doc(client_id);
         let text = doc.get_or_insert_text(name);
         let mut out = Vec::with_capacity(self.patches() + 1);
+        self.edit(&doc, &text, |update| out.push(update));
+        debug_assert_eq!(text.get_string(&doc.transact()), self.end_content);
+        out
+    }
+
+    /// Applies the trace to `text`, one transaction per patch, handing each transaction's
+    /// update to `each`.
+    fn edit(&self, doc: &Doc, text: &TextRef, mut each: impl FnMut(Vec<u8>)) {
         if !self.start_content.is_empty() {
             let mut txn = doc.transact_mut();
             text.insert(&mut txn, 0, &self.start_content);
-            out.push(txn.encode_update_v1());
+            each(txn.encode_update_v1());
         }
         for txn in &self.txns {
             for (pos, del, ins) in &txn.patches {
@@ -72,11 +106,9 @@ impl Trace {
                 if !ins.is_empty() {
                     text.insert(&mut t, *pos, ins);
                 }
-                out.push(t.encode_update_v1());
+                each(t.encode_update_v1());
             }
         }
-        debug_assert_eq!(text.get_string(&doc.transact()), self.end_content);
-        out
     }
 }
 

@@ -13,6 +13,7 @@ mod room;
 mod store;
 mod ws;
 
+use axum::serve::ListenerExt as _;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -126,6 +127,13 @@ async fn serve(listener: tokio::net::TcpListener, app: Arc<App>) -> anyhow::Resu
     let flusher = tokio::spawn(flush_loop(ctx.clone()));
     let router = http::router(app);
     let shutdown = ctx.shutdown.clone();
+    // Small frames (a keystroke, a cursor move) go out at once instead of waiting for the
+    // peer's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
