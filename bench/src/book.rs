@@ -26,7 +26,16 @@ pub struct Book {
     pub duplicates: AtomicU64,
     /// Woken whenever a receiver counts a new delivery.
     pub progress: Arc<tokio::sync::Notify>,
+    /// Attributions of recently seen payloads: in a fan-out every peer receives the same
+    /// bytes, and walking them once is enough.
+    memo: Mutex<HashMap<Box<[u8]>, Attribution>>,
 }
+
+/// The structs an update carries: `(client, clocks)` ranges.
+type Attribution = Arc<[(u64, std::ops::Range<u32>)]>;
+
+/// Payloads remembered at once; the memo starts over when it is full.
+const MEMO_MAX: usize = 8192;
 
 impl Book {
     /// A book for writers with the given client ids, each sending at most `clocks_max` clocks.
@@ -50,6 +59,7 @@ impl Book {
             delivered: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             progress: Arc::new(tokio::sync::Notify::new()),
+            memo: Mutex::new(HashMap::new()),
         })
     }
 
@@ -75,6 +85,29 @@ impl Book {
                 .unwrap_or_else(|_| unreachable_histogram()),
             pending_flush: 0,
         }
+    }
+
+    /// Every struct of a v1 update as `(client, clocks)` ranges, walking the whole update;
+    /// `None` if it does not decode.
+    fn attribute(&self, update: &[u8]) -> Option<Attribution> {
+        if let Some(a) = self.memo.lock().ok()?.get(update) {
+            return Some(a.clone());
+        }
+        let decoded = Update::decode_v1(update).ok()?;
+        let ranges: Attribution = decoded
+            .insertions(true)
+            .iter()
+            .flat_map(|(client, ranges)| {
+                let client = client.get();
+                ranges.iter().map(move |r| (client, r.clone()))
+            })
+            .collect();
+        let mut memo = self.memo.lock().ok()?;
+        if memo.len() >= MEMO_MAX {
+            memo.clear();
+        }
+        memo.insert(update.into(), ranges.clone());
+        Some(ranges)
     }
 
     /// The merged latency histogram (microseconds).
@@ -106,38 +139,36 @@ pub struct Receiver {
 impl Receiver {
     /// Attributes every struct of a v1 update. Returns the number of new deliveries.
     pub fn receive(&mut self, update: &[u8]) -> u64 {
-        let Ok(update) = Update::decode_v1(update) else {
+        let now = self.book.start.elapsed().as_nanos() as u64 + 1;
+        let Some(ranges) = self.book.attribute(update) else {
             return 0;
         };
-        let now = self.book.start.elapsed().as_nanos() as u64 + 1;
         let mut fresh = 0u64;
         let mut dup = 0u64;
-        for (client, ranges) in update.insertions(true).iter() {
-            let Some(&w) = self.book.writers.get(&client.get()) else {
+        for (client, range) in ranges.iter() {
+            let Some(&w) = self.book.writers.get(client) else {
                 continue;
             };
             if Some(w) == self.own {
                 continue;
             }
-            for range in ranges.iter() {
-                for clock in range.clone() {
-                    let (word, bit) = (clock as usize / 64, clock % 64);
-                    let seen = &mut self.seen[w];
-                    if seen.len() <= word {
-                        seen.resize(word + 1, 0);
-                    }
-                    if seen[word] & (1 << bit) != 0 {
-                        dup += 1;
-                        continue;
-                    }
-                    seen[word] |= 1 << bit;
-                    fresh += 1;
-                    let sent = self.book.sent[w]
-                        .get(clock as usize)
-                        .map_or(0, |s| s.load(Ordering::Acquire));
-                    if sent != 0 && now > sent {
-                        let _ = self.local.record((now - sent) / 1_000);
-                    }
+            for clock in range.clone() {
+                let (word, bit) = (clock as usize / 64, clock % 64);
+                let seen = &mut self.seen[w];
+                if seen.len() <= word {
+                    seen.resize(word + 1, 0);
+                }
+                if seen[word] & (1 << bit) != 0 {
+                    dup += 1;
+                    continue;
+                }
+                seen[word] |= 1 << bit;
+                fresh += 1;
+                let sent = self.book.sent[w]
+                    .get(clock as usize)
+                    .map_or(0, |s| s.load(Ordering::Acquire));
+                if sent != 0 && now > sent {
+                    let _ = self.local.record((now - sent) / 1_000);
                 }
             }
             // Advance the contiguous watermark of this writer.

@@ -19,6 +19,14 @@ const AWARENESS_RENEWAL: Duration = Duration::from_secs(15);
 /// Frames a peer may have queued for sending.
 const SEND_QUEUE_MAX: usize = 4096;
 
+/// Small buffers, as a browser's would be: tungstenite's default 128 KiB read buffer is
+/// zeroed on every read, which would make the generator, not the server, the bottleneck.
+fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0)
+}
+
 /// Counts shared by every peer of a scenario.
 #[derive(Debug, Default)]
 pub struct WireStats {
@@ -51,7 +59,7 @@ impl Peer {
         let url = target.doc_url(doc);
         let (ws, _) = tokio::time::timeout(
             Duration::from_secs(30),
-            tokio_tungstenite::connect_async_with_config(&url, None, true),
+            tokio_tungstenite::connect_async_with_config(&url, Some(ws_config()), true),
         )
         .await
         .map_err(|_| anyhow::anyhow!("connecting to {url} timed out"))??;

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::{StreamExt, TryStreamExt};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -12,10 +13,17 @@ use yrs::updates::decoder::Decode;
 use yrs::{Doc, GetString, Text, Transact, Update};
 
 use crate::book::Book;
-use crate::peer::{Peer, WireStats};
+use crate::peer::{OnUpdate, Peer, WireStats};
 use crate::procstat::{rss_kib, CpuMeter};
 use crate::target::Target;
 use roomd_crdt::trace::Trace;
+
+/// Connections in their handshake at once while a scenario sets up.
+const CONNECTING_MAX: usize = 64;
+
+/// Idle connections share documents this many at a time (each announces its awareness
+/// state, which the server relays to the document's other connections).
+const IDLE_PEERS_PER_DOC: usize = 100;
 
 /// Figures of one scenario run.
 #[derive(Debug, Clone, Serialize, Default)]
@@ -104,29 +112,36 @@ impl Typist {
     }
 }
 
-/// Connects `n` peers to `doc`, the first `writers.len()` of which write.
+/// Connects a peer for each of `ids` to `doc`, CONNECTING_MAX at a time; the first `writers`
+/// of them write, with writer indices from `first_writer` on.
 async fn connect_peers(
     target: &Target,
     doc: &str,
     ids: &[u32],
     writers: usize,
+    first_writer: usize,
     book: &Arc<Book>,
     stats: &Arc<WireStats>,
 ) -> anyhow::Result<(Vec<Peer>, Vec<Vec<Arc<AtomicU64>>>)> {
-    let mut peers = Vec::with_capacity(ids.len());
     let mut watermarks = Vec::with_capacity(ids.len());
-    for (i, &id) in ids.iter().enumerate() {
-        let own = (i < writers).then_some(i);
+    let mut handlers = Vec::with_capacity(ids.len());
+    for i in 0..ids.len() {
+        let own = (i < writers).then_some(first_writer + i);
         let mut receiver = book.receiver(own);
         watermarks.push(receiver.watermarks.clone());
         let notify = book.progress.clone();
-        let on_update = Box::new(move |u: &[u8]| {
+        let on_update: OnUpdate = Box::new(move |u: &[u8]| {
             if receiver.receive(u) > 0 {
                 notify.notify_waiters();
             }
         });
-        peers.push(Peer::connect(target, doc, id, stats.clone(), on_update).await?);
+        handlers.push(on_update);
     }
+    let peers = futures_util::stream::iter(ids.iter().zip(handlers))
+        .map(|(&id, on_update)| Peer::connect(target, doc, id, stats.clone(), on_update))
+        .buffered(CONNECTING_MAX)
+        .try_collect()
+        .await?;
     Ok((peers, watermarks))
 }
 
@@ -198,18 +213,16 @@ pub async fn typing(
         target.prepare_doc(&doc).await?;
         // Writer indices in the book are global: document d's writers are d*writers...
         let doc_ids = &ids[d * p.peers..(d + 1) * p.peers];
-        let mut peers = Vec::new();
-        for (i, &id) in doc_ids.iter().enumerate() {
-            let own = (i < p.writers).then_some(d * p.writers + i);
-            let mut receiver = book.receiver(own);
-            let notify = book.progress.clone();
-            let on_update = Box::new(move |u: &[u8]| {
-                if receiver.receive(u) > 0 {
-                    notify.notify_waiters();
-                }
-            });
-            peers.push(Peer::connect(target, &doc, id, stats.clone(), on_update).await?);
-        }
+        let (peers, _) = connect_peers(
+            target,
+            &doc,
+            doc_ids,
+            p.writers,
+            d * p.writers,
+            &book,
+            &stats,
+        )
+        .await?;
         all_peers.push(peers);
     }
     let cpu = CpuMeter::start(server_pid);
@@ -282,7 +295,7 @@ pub async fn throughput(
     let stats = Arc::new(WireStats::default());
     let doc = format!("throughput-{}", std::process::id());
     target.prepare_doc(&doc).await?;
-    let (peers, watermarks) = connect_peers(target, &doc, &ids, peers_n, &book, &stats).await?;
+    let (peers, watermarks) = connect_peers(target, &doc, &ids, peers_n, 0, &book, &stats).await?;
     let peers = Arc::new(peers);
     let watermarks = Arc::new(watermarks);
     let cpu = CpuMeter::start(server_pid);
@@ -381,7 +394,7 @@ fn closing_figures(
 pub async fn idle(target: &Target, n: usize, server_pid: Option<u32>) -> anyhow::Result<Report> {
     let mut report = Report::new("idle", target);
     let stats = Arc::new(WireStats::default());
-    let docs = n.div_ceil(1_000);
+    let docs = n.div_ceil(IDLE_PEERS_PER_DOC);
     let run = format!("idle-{}", std::process::id());
     let mut warm = Vec::new();
     for d in 0..docs {
@@ -390,20 +403,19 @@ pub async fn idle(target: &Target, n: usize, server_pid: Option<u32>) -> anyhow:
         warm.push(Peer::connect(target, &doc, 1, stats.clone(), Box::new(|_| {})).await?);
     }
     let before = server_pid.map_or(0, rss_kib);
-    let mut held = Vec::with_capacity(n);
-    for i in 0..n {
-        let doc = format!("{run}-{}", i % docs);
-        held.push(
-            Peer::connect(
-                target,
-                &doc,
-                1000 + i as u32,
-                stats.clone(),
-                Box::new(|_| {}),
-            )
-            .await?,
-        );
-    }
+    // Connections open CONNECTING_MAX at a time, as a crowd arriving would.
+    let held: Vec<Peer> =
+        futures_util::stream::iter(0..n)
+            .map(|i| {
+                let doc = format!("{run}-{}", i % docs);
+                let stats = stats.clone();
+                async move {
+                    Peer::connect(target, &doc, 1000 + i as u32, stats, Box::new(|_| {})).await
+                }
+            })
+            .buffer_unordered(CONNECTING_MAX)
+            .try_collect()
+            .await?;
     let after = server_pid.map_or(0, rss_kib);
     report.add("connections", n as f64);
     report.add("server_rss_before_mib", before as f64 / 1024.0);
