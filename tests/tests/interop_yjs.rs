@@ -1,0 +1,63 @@
+//! Interop with the real npm packages: each test starts the server and runs a Node script from
+//! `tests/interop` that drives stock `yjs` documents through the `y-websocket` providers (v3 and
+//! v2) against it. The scripts check the content themselves and exit non-zero on any mismatch.
+//!
+//! Needs Node.js and the packages installed with `npm ci` in `tests/interop`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use roomd_tests::{run_node, TestServer};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_edits_from_v2_and_v3_providers_converge() {
+    let server = TestServer::start().await;
+    run_node("converge.mjs", &[&server.yjs_base("room-x")]).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_gets_the_whole_state() {
+    let server = TestServer::start().await;
+    run_node("late-joiner.mjs", &[&server.yjs_base("room-x")]).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awareness_is_relayed_and_removed_when_a_client_leaves_or_vanishes() {
+    let server = TestServer::start().await;
+    run_node("awareness.mjs", &[&server.yjs_base("room-x")]).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_edits_merge_on_reconnect() {
+    let server = TestServer::start().await;
+    run_node("offline.mjs", &[&server.yjs_base("room-x")]).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_mebibyte_insert_syncs() {
+    let server = TestServer::start().await;
+    run_node("big-insert.mjs", &[&server.yjs_base("room-x")]).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_documents_in_two_rooms_stay_isolated() {
+    let server = TestServer::start().await;
+    run_node(
+        "isolation.mjs",
+        &[&server.yjs_base("room-x"), &server.yjs_base("room-y")],
+    )
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_survives_a_restart() {
+    let mut server = TestServer::start().await;
+    run_node("restart.mjs", &["write", &server.yjs_base("room-x")]).await;
+    server.restart().await;
+    run_node("restart.mjs", &["check", &server.yjs_base("room-x")]).await;
+    server.stop().await;
+}
