@@ -29,8 +29,10 @@ pub struct Limits {
     pub conn_messages_per_sec_max: u32,
     /// Burst of messages above the sustained rate (default 20,000).
     pub conn_messages_burst_max: u32,
-    /// Initial read buffer of a WebSocket connection, in bytes (default 1 KiB); it grows for
-    /// large messages and idle connections stay cheap.
+    /// Read buffer of a WebSocket connection, in bytes (default 256): the most read from the
+    /// socket at once. A large message grows the buffer to its size, and idle connections stay
+    /// cheap; a larger value means fewer reads for large messages and more memory per
+    /// connection.
     pub ws_read_buffer_bytes: usize,
 }
 
@@ -48,7 +50,7 @@ impl Default for Limits {
             awareness_states_per_conn_max: 16,
             conn_messages_per_sec_max: 10_000,
             conn_messages_burst_max: 20_000,
-            ws_read_buffer_bytes: 1024,
+            ws_read_buffer_bytes: 256,
         }
     }
 }

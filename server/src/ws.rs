@@ -12,7 +12,7 @@ use roomd_sync::{keepalive_frame, CloseCode, ConnId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::outbox::{ConnShared, Outbox};
+use crate::outbox::{ConnShared, Outbox, OutboxRx};
 use crate::room::{JoinError, RoomCmd};
 use crate::App;
 
@@ -100,7 +100,7 @@ async fn run(
     room_tx: &mpsc::Sender<RoomCmd>,
     doc: &Arc<str>,
     conn: ConnId,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: OutboxRx,
     shared: &ConnShared,
 ) -> Exit {
     let config = &app.ctx.config;
@@ -114,23 +114,22 @@ async fn run(
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard = true;
     loop {
+        // Allocated only when frames are waiting, and released after they are written.
+        let mut batch = Vec::new();
         tokio::select! {
             biased;
-            _ = shared.closing.cancelled() => {
-                let (code, reason) = shared
-                    .close_reason
-                    .get()
-                    .cloned()
-                    .unwrap_or((CloseCode::Internal, String::new()));
-                return Exit::Close(code, reason);
-            }
-            _ = app.ctx.shutdown.cancelled() => {
-                return Exit::Close(CloseCode::GoingAway, "server shutting down".into());
-            }
-            frame = rx.recv() => {
-                let Some(frame) = frame else { return Exit::Gone };
-                if write_batch(socket, frame, &mut rx, shared).await.is_err() {
-                    return Exit::Gone;
+            exit = stopped(app, shared) => return exit,
+            () = rx.next_batch(&mut batch, WRITE_BATCH_MAX) => {
+                // A reader that stopped reading blocks this write once the socket buffers
+                // fill; the room's decision to close it must still get through.
+                tokio::select! {
+                    biased;
+                    exit = stopped(app, shared) => return exit,
+                    written = write_batch(socket, &mut batch) => {
+                        if written.is_err() {
+                            return Exit::Gone;
+                        }
+                    }
                 }
             }
             msg = socket.recv() => {
@@ -170,21 +169,29 @@ async fn run(
     }
 }
 
-/// Writes `first` and whatever else is already queued (up to a batch), then flushes once.
-async fn write_batch(
-    socket: &mut WebSocket,
-    first: Bytes,
-    rx: &mut mpsc::Receiver<Bytes>,
-    shared: &ConnShared,
-) -> Result<(), axum::Error> {
-    let mut written = first.len();
-    socket.feed(Message::Binary(first)).await?;
-    for _ in 1..WRITE_BATCH_MAX {
-        let Ok(frame) = rx.try_recv() else { break };
-        written += frame.len();
+/// Resolves when the room closes the connection or the server shuts down, with the exit to take.
+async fn stopped(app: &App, shared: &ConnShared) -> Exit {
+    tokio::select! {
+        biased;
+        () = shared.closing.cancelled() => {
+            let (code, reason) = shared
+                .close_reason
+                .get()
+                .cloned()
+                .unwrap_or((CloseCode::Internal, String::new()));
+            Exit::Close(code, reason)
+        }
+        () = app.ctx.shutdown.cancelled() => {
+            Exit::Close(CloseCode::GoingAway, "server shutting down".into())
+        }
+    }
+}
+
+/// Writes a batch of frames, then flushes once.
+async fn write_batch(socket: &mut WebSocket, batch: &mut Vec<Bytes>) -> Result<(), axum::Error> {
+    for frame in batch.drain(..) {
         socket.feed(Message::Binary(frame)).await?;
     }
-    shared.queued_bytes.fetch_sub(written, Ordering::AcqRel);
     socket.flush().await
 }
 

@@ -294,6 +294,24 @@ impl YClient {
         }
     }
 
+    /// Sends sync step 1 and processes frames until the step 2 answering it arrives. The room
+    /// handles a connection's frames in order, so everything sent before has then been applied.
+    pub async fn round_trip(&mut self) {
+        let sv = self.doc.transact().state_vector().encode_v1();
+        self.send(YMessage::Sync(SyncMessage::Step1(&sv))).await;
+        loop {
+            let frame = self.next_frame().await;
+            let answered = roomd_sync::decode_frame(&frame, LIMITS)
+                .unwrap()
+                .iter()
+                .any(|m| matches!(m, YMessage::Sync(SyncMessage::Step2(_))));
+            self.handle(&frame).await;
+            if answered {
+                return;
+            }
+        }
+    }
+
     /// Waits until text `name` equals `want`.
     pub async fn until_text(&mut self, name: &str, want: &str) {
         self.until(|c| c.text(name) == want).await;
