@@ -6,7 +6,8 @@
 mod limits;
 #[cfg(feature = "trace")]
 pub mod trace;
+mod v1;
 mod ydoc;
 
 pub use limits::DocLimits;
-pub use ydoc::{Applied, ApplyError, DecodeError, YDoc};
+pub use ydoc::{bare, Applied, ApplyError, DecodeError, YDoc};

@@ -3,8 +3,12 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use yrs::updates::decoder::Decode;
-use yrs::{Doc, GetString, ReadTxn, StateVector, Transact, Update};
+use yrs::updates::encoder::Encode;
+use yrs::{
+    ClientID, Doc, GetString, ReadTxn, StateVector, Transact, TransactionMut, Update, WriteTxn,
+};
 
+use crate::v1::{self, Run, Scan};
 use crate::DocLimits;
 
 /// Why bytes could not be read as a state vector.
@@ -65,6 +69,14 @@ pub struct YDoc {
     /// the document's encoded size, re-based at each [`YDoc::rebase_size`].
     bytes_estimate: usize,
     poisoned: bool,
+    /// What cannot be integrated yet, as v1 updates: runs of structs that do not continue the
+    /// document (earlier structs of their client are missing), structs whose dependencies are
+    /// missing, and deletions of unknown items. yrs 0.28 mishandles both cases itself: it
+    /// integrates structs past a gap (and then leaves them out of diffs), and when it merges a
+    /// new remainder into its pending update it can shift the clocks of pending structs, which
+    /// then integrate, and encode in diffs and snapshots, as the wrong items. So yrs is only
+    /// handed runs that continue the document, and whatever it leaves pending is taken back.
+    waiting: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for YDoc {
@@ -73,6 +85,7 @@ impl std::fmt::Debug for YDoc {
             .field("limits", &self.limits)
             .field("bytes_estimate", &self.bytes_estimate)
             .field("poisoned", &self.poisoned)
+            .field("waiting", &self.waiting.len())
             .finish()
     }
 }
@@ -87,6 +100,7 @@ impl YDoc {
             limits,
             bytes_estimate: 0,
             poisoned: false,
+            waiting: Vec::new(),
         }
     }
 
@@ -125,20 +139,18 @@ impl YDoc {
                 limit: self.limits.doc_bytes_max,
             });
         }
-        // Decoding touches no document state, so a panic here leaves the document intact.
-        let decoded = catch_unwind(|| Update::decode_v1(update))
-            .map_err(|_| ApplyError::Malformed("update decoding failed".into()))?
-            .map_err(|e| ApplyError::Malformed(e.to_string()))?;
+        let scan = Self::validate(update)?;
         let doc = &self.doc;
+        let waiting = &mut self.waiting;
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            let mut txn = doc.transact_mut();
-            txn.apply_update(decoded)
-                .map_err(|e| ApplyError::Rejected(e.to_string()))?;
-            let changed = !txn.insert_set().is_empty()
-                || !txn.delete_set().is_empty()
-                || txn.store().pending_update().is_some()
-                || txn.store().pending_ds().is_some();
-            Ok(Applied { changed })
+            let (integrated, waits) =
+                apply_ready(doc, waiting, &scan).map_err(ApplyError::Rejected)?;
+            if integrated {
+                retry_waiting(doc, waiting);
+            }
+            Ok(Applied {
+                changed: integrated || waits,
+            })
         }));
         match outcome {
             Ok(Ok(applied)) => {
@@ -164,26 +176,46 @@ impl YDoc {
     /// Everything the holder of `state_vector` lacks, as a v1 update (the payload of sync
     /// step 2). Pending structs and the whole delete set are included.
     pub fn diff(&self, state_vector: &[u8]) -> Result<Vec<u8>, DecodeError> {
+        v1::check_state_vector(state_vector).map_err(DecodeError::Malformed)?;
         let sv = catch_unwind(|| StateVector::decode_v1(state_vector))
             .map_err(|_| DecodeError::Panicked)?
             .map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        Ok(self.doc.transact().encode_state_as_update_v1(&sv))
+        Ok(self.with_waiting(self.doc.transact().encode_state_as_update_v1(&sv)))
     }
 
     /// The whole document as one v1 update, pending structs included.
     pub fn snapshot(&self) -> Vec<u8> {
-        self.doc
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default())
+        self.with_waiting(
+            self.doc
+                .transact()
+                .encode_state_as_update_v1(&StateVector::default()),
+        )
+    }
+
+    /// Updates that wait for missing structs before they can be integrated.
+    pub fn pending_updates(&self) -> usize {
+        self.waiting.len()
+    }
+
+    fn with_waiting(&self, update: Vec<u8>) -> Vec<u8> {
+        with_waiting(update, &self.waiting)
     }
 
     /// Checks that `update` decodes as a v1 update without applying it anywhere (used to
     /// verify a snapshot before it is written).
     pub fn check_update(update: &[u8]) -> Result<(), ApplyError> {
+        Self::validate(update).map(|_| ())
+    }
+
+    /// Scans `update` for what yrs mishandles, then lets yrs decode it: what passes both can be
+    /// handed to yrs in parts.
+    fn validate(update: &[u8]) -> Result<Scan<'_>, ApplyError> {
+        let scan = v1::scan(update).map_err(ApplyError::Malformed)?;
+        // Decoding touches no document state, so a panic here leaves the document intact.
         catch_unwind(|| Update::decode_v1(update))
             .map_err(|_| ApplyError::Malformed("update decoding failed".into()))?
-            .map(|_| ())
-            .map_err(|e| ApplyError::Malformed(e.to_string()))
+            .map_err(|e| ApplyError::Malformed(e.to_string()))?;
+        Ok(scan)
     }
 
     /// The content of the root-level text `name` (empty when absent).
@@ -192,6 +224,138 @@ impl YDoc {
         txn.get_text(name)
             .map(|t| t.get_string(&txn))
             .unwrap_or_default()
+    }
+}
+
+/// `update` merged with every waiting update. Should the merge fail, `update` alone: the waiting
+/// structs still reach their receivers when they are integrated or sent again.
+fn with_waiting(update: Vec<u8>, waiting: &[Vec<u8>]) -> Vec<u8> {
+    if waiting.is_empty() {
+        return update;
+    }
+    catch_unwind(|| {
+        let parts = std::iter::once(&update)
+            .chain(waiting)
+            .map(|u| Update::decode_v1(u))
+            .collect::<Result<Vec<_>, _>>()
+            .ok()?;
+        Some(Update::merge_updates(parts).encode_v1())
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(update)
+}
+
+/// [`YDoc`]'s way of applying updates, for a bare `yrs::Doc` that also makes local edits: the
+/// simulations drive such documents as clients, and they need the same protection from yrs's
+/// handling of out-of-order updates (Yjs clients have their own, correct one).
+#[doc(hidden)]
+pub mod bare {
+    use super::*;
+
+    /// Validates `update` and integrates what continues `doc`; the rest waits in `waiting`.
+    /// Returns whether the document or `waiting` changed.
+    pub fn apply(doc: &Doc, waiting: &mut Vec<Vec<u8>>, update: &[u8]) -> Result<bool, ApplyError> {
+        let scan = YDoc::validate(update)?;
+        let (integrated, waits) = apply_ready(doc, waiting, &scan).map_err(ApplyError::Rejected)?;
+        if integrated {
+            retry_waiting(doc, waiting);
+        }
+        Ok(integrated || waits)
+    }
+
+    /// `update` merged with the waiting updates, as in [`YDoc::diff`].
+    pub fn with_waiting(update: Vec<u8>, waiting: &[Vec<u8>]) -> Vec<u8> {
+        super::with_waiting(update, waiting)
+    }
+}
+
+/// Takes what the last application left pending out of yrs, as v1 updates: the pending structs,
+/// and the deletions of items not yet known.
+fn take_pending(txn: &mut TransactionMut<'_>) -> Vec<Vec<u8>> {
+    let mut rest = Vec::new();
+    if let Some(pending) = txn.store().pending_update() {
+        rest.push(pending.update.encode_v1());
+    }
+    if let Some(ds) = txn.store().pending_ds() {
+        // A v1 update with no structs: a zero client count, then the delete set.
+        let mut update = vec![0];
+        update.extend(ds.encode_v1());
+        rest.push(update);
+    }
+    txn.prune_pending();
+    rest
+}
+
+/// Adds `update` to the waiting ones unless it is there already; true when added.
+fn wait(waiting: &mut Vec<Vec<u8>>, update: Vec<u8>) -> bool {
+    if waiting.contains(&update) {
+        return false;
+    }
+    waiting.push(update);
+    true
+}
+
+/// Hands yrs, in one transaction, the runs of `scan` that continue the document (at most one per
+/// client) and its deletions; the other runs, and whatever yrs leaves pending, wait. Returns
+/// whether anything was integrated, and whether anything new waits.
+fn apply_ready(
+    doc: &Doc,
+    waiting: &mut Vec<Vec<u8>>,
+    scan: &Scan<'_>,
+) -> Result<(bool, bool), String> {
+    let mut txn = doc.transact_mut();
+    let sv = txn.state_vector();
+    let mut ready: Vec<Run<'_>> = Vec::new();
+    let mut later: Vec<Run<'_>> = Vec::new();
+    for run in &scan.runs {
+        let local = sv.get(&ClientID::new(run.client));
+        if run.end <= local {
+            continue;
+        }
+        if run.clock <= local && !ready.iter().any(|r| r.client == run.client) {
+            ready.push(*run);
+        } else {
+            later.push(*run);
+        }
+    }
+    let mut integrated = false;
+    let mut waits = false;
+    if !ready.is_empty() || scan.deletes {
+        let update = v1::encode(&ready, Some(scan.delete_set));
+        let decoded = Update::decode_v1(&update).map_err(|e| e.to_string())?;
+        txn.apply_update(decoded).map_err(|e| e.to_string())?;
+        integrated = !txn.insert_set().is_empty() || !txn.delete_set().is_empty();
+        for rest in take_pending(&mut txn) {
+            waits |= wait(waiting, rest);
+        }
+    }
+    drop(txn);
+    for run in later {
+        waits |= wait(waiting, v1::encode(&[run], None));
+    }
+    Ok((integrated, waits))
+}
+
+/// Applies the waiting updates again until a round integrates nothing more. A round goes on only
+/// after integrating structs or deletions, so this ends.
+fn retry_waiting(doc: &Doc, waiting: &mut Vec<Vec<u8>>) {
+    loop {
+        let mut progress = false;
+        for update in std::mem::take(waiting) {
+            let Ok(scan) = v1::scan(&update) else {
+                continue;
+            };
+            match apply_ready(doc, waiting, &scan) {
+                Ok((integrated, _)) => progress |= integrated,
+                Err(_) => {
+                    wait(waiting, update);
+                }
+            }
+        }
+        if !progress {
+            return;
+        }
     }
 }
 

@@ -6,6 +6,8 @@
 
 pub mod awareness;
 mod close;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod lib0;
 mod message;
 mod session;

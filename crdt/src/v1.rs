@@ -1,0 +1,426 @@
+//! A validating scan of lib0 v1 updates, run before yrs decodes one.
+//!
+//! It refuses what yrs mishandles on hostile input: counts larger than their bytes could hold
+//! (yrs reserves memory for them up front), clocks that overflow `u32` and client ids wider than
+//! 53 bits (yrs wraps or truncates them in release builds, corrupting the document), `Any`
+//! values nested deeper than [`ANY_DEPTH_MAX`] (yrs decodes them recursively), and legacy JSON
+//! content (yrs cannot encode it back). It also splits an
+//! update into runs of consecutive structs of one client, so that the document can hand yrs only
+//! runs that continue what it already has (see `YDoc::apply_update`).
+
+/// Deepest nesting of arrays and maps accepted in an `Any` value.
+pub(crate) const ANY_DEPTH_MAX: usize = 64;
+
+/// Client ids are at most 53 bits wide (a JavaScript safe integer).
+const CLIENT_MAX: u64 = (1 << 53) - 1;
+
+/// Consecutive structs of one client, as they appear in an update.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Run<'a> {
+    pub(crate) client: u64,
+    /// Clock of the first struct.
+    pub(crate) clock: u32,
+    /// Clock after the last struct.
+    pub(crate) end: u32,
+    /// Number of structs (including empty ones, which yrs drops).
+    pub(crate) structs: u32,
+    /// The structs' encoding.
+    pub(crate) bytes: &'a [u8],
+}
+
+/// A scanned update: its runs, then its delete set.
+#[derive(Debug)]
+pub(crate) struct Scan<'a> {
+    pub(crate) runs: Vec<Run<'a>>,
+    /// The encoding of the delete set (the end of the update).
+    pub(crate) delete_set: &'a [u8],
+    /// True when the delete set deletes anything.
+    pub(crate) deletes: bool,
+}
+
+/// Encodes `runs` and a delete set (its encoding, or none) as one v1 update.
+pub(crate) fn encode(runs: &[Run<'_>], delete_set: Option<&[u8]>) -> Vec<u8> {
+    let size = runs.iter().map(|r| r.bytes.len() + 20).sum::<usize>();
+    let mut out = Vec::with_capacity(size + delete_set.map_or(1, <[u8]>::len) + 5);
+    write_var(&mut out, runs.len() as u64);
+    for r in runs {
+        write_var(&mut out, u64::from(r.structs));
+        write_var(&mut out, r.client);
+        write_var(&mut out, u64::from(r.clock));
+        out.extend_from_slice(r.bytes);
+    }
+    match delete_set {
+        Some(ds) => out.extend_from_slice(ds),
+        None => out.push(0),
+    }
+    out
+}
+
+fn write_var(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+type Result<T> = std::result::Result<T, String>;
+
+impl<'a> Reader<'a> {
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn u8(&mut self) -> Result<u8> {
+        let b = *self.buf.get(self.pos).ok_or("unexpected end of update")?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8]> {
+        if n > self.remaining() {
+            return Err("unexpected end of update".into());
+        }
+        let out = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(out)
+    }
+
+    /// An unsigned LEB128 integer of at most 64 bits.
+    fn var_u64(&mut self) -> Result<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            let bits = u64::from(b & 0x7f);
+            if shift == 63 && bits > 1 {
+                break;
+            }
+            value |= bits << shift;
+            if b < 0x80 {
+                return Ok(value);
+            }
+        }
+        Err("variable-length integer overflows 64 bits".into())
+    }
+
+    fn var_u32(&mut self) -> Result<u32> {
+        u32::try_from(self.var_u64()?).map_err(|_| "integer overflows 32 bits".to_string())
+    }
+
+    /// A count of items that take at least `min_bytes` each: never more than the bytes left
+    /// could hold.
+    fn count(&mut self, min_bytes: usize) -> Result<usize> {
+        let n = self.var_u64()?;
+        if n > (self.remaining() / min_bytes) as u64 {
+            return Err(format!("a count of {n} exceeds what the update can hold"));
+        }
+        Ok(n as usize)
+    }
+
+    /// lib0's signed variable-length integer (sign in the first byte), at most 64 bits.
+    fn var_i64(&mut self) -> Result<()> {
+        for _ in 0..9 {
+            if self.u8()? < 0x80 {
+                return Ok(());
+            }
+        }
+        Err("signed integer overflows 64 bits".into())
+    }
+
+    fn var_bytes(&mut self) -> Result<&'a [u8]> {
+        let n = self.var_u32()? as usize;
+        self.bytes(n)
+    }
+
+    fn string(&mut self) -> Result<&'a str> {
+        std::str::from_utf8(self.var_bytes()?).map_err(|_| "string is not UTF-8".to_string())
+    }
+
+    fn client(&mut self) -> Result<u64> {
+        let client = self.var_u64()?;
+        if client > CLIENT_MAX {
+            return Err(format!("client id {client} is wider than 53 bits"));
+        }
+        Ok(client)
+    }
+
+    fn id(&mut self) -> Result<()> {
+        self.client()?;
+        self.var_u32()?;
+        Ok(())
+    }
+
+    fn any(&mut self, depth: usize) -> Result<()> {
+        if depth > ANY_DEPTH_MAX {
+            return Err(format!(
+                "a value is nested deeper than {ANY_DEPTH_MAX} levels"
+            ));
+        }
+        match self.u8()? {
+            127 | 126 | 121 | 120 => {}
+            125 => self.var_i64()?,
+            124 => {
+                self.bytes(4)?;
+            }
+            123 | 122 => {
+                self.bytes(8)?;
+            }
+            119 => {
+                self.string()?;
+            }
+            118 => {
+                for _ in 0..self.count(2)? {
+                    self.string()?;
+                    self.any(depth + 1)?;
+                }
+            }
+            117 => {
+                for _ in 0..self.count(1)? {
+                    self.any(depth + 1)?;
+                }
+            }
+            116 => {
+                self.var_bytes()?;
+            }
+            tag => return Err(format!("unknown value type {tag}")),
+        }
+        Ok(())
+    }
+
+    /// An item after its info byte; returns its length in clock units (0: yrs drops it).
+    fn item(&mut self, info: u8) -> Result<u64> {
+        if info & 0x80 != 0 {
+            self.id()?;
+        }
+        if info & 0x40 != 0 {
+            self.id()?;
+        }
+        if info & 0xc0 == 0 {
+            if self.var_u32()? == 1 {
+                self.string()?;
+            } else {
+                self.id()?;
+            }
+            if info & 0x20 != 0 {
+                self.string()?;
+            }
+        }
+        Ok(match info & 0x0f {
+            // Deleted content.
+            1 => u64::from(self.var_u32()?),
+            // Legacy JSON content, which Yjs no longer writes: yrs 0.28 decodes one string more
+            // than it encodes, so a document holding it would snapshot to bytes that do not load.
+            2 => return Err("legacy JSON content is not supported".into()),
+            // Binary.
+            3 => {
+                self.var_bytes()?;
+                1
+            }
+            // String: its length in UTF-16 code units.
+            4 => self.string()?.encode_utf16().count() as u64,
+            // Embed.
+            5 => {
+                self.string()?;
+                1
+            }
+            // Format: key and value.
+            6 => {
+                self.string()?;
+                self.string()?;
+                1
+            }
+            // A shared type; an XML element carries its tag name.
+            7 => {
+                match self.u8()? {
+                    3 => {
+                        self.string()?;
+                    }
+                    0..=6 | 9 | 15 => {}
+                    t => return Err(format!("unknown type reference {t}")),
+                }
+                1
+            }
+            // Any values.
+            8 => {
+                let n = self.count(1)?;
+                for _ in 0..n {
+                    self.any(0)?;
+                }
+                n as u64
+            }
+            // A subdocument: guid and options.
+            9 => {
+                self.string()?;
+                self.any(0)?;
+                1
+            }
+            c => return Err(format!("unknown content type {c}")),
+        })
+    }
+}
+
+/// Scans a v1 update; see the module documentation for what it refuses.
+pub(crate) fn scan(update: &[u8]) -> Result<Scan<'_>> {
+    let mut r = Reader {
+        buf: update,
+        pos: 0,
+    };
+    let mut runs = Vec::new();
+    for _ in 0..r.count(3)? {
+        let structs = r.count(1)?;
+        let client = r.client()?;
+        let mut clock = u64::from(r.var_u32()?);
+        // (first clock, first byte, structs) of the run being read.
+        let mut run: Option<(u64, usize, u32)> = None;
+        let mut close = |run: &mut Option<(u64, usize, u32)>, clock: u64, end_pos: usize| {
+            if let Some((start, from, n)) = run.take() {
+                runs.push(Run {
+                    client,
+                    clock: start as u32,
+                    end: clock as u32,
+                    structs: n,
+                    bytes: &update[from..end_pos],
+                });
+            }
+        };
+        for _ in 0..structs {
+            let from = r.pos;
+            let info = r.u8()?;
+            let len = match info {
+                10 => {
+                    let len = r.var_u32()?;
+                    if len == 0 {
+                        return Err("empty skip".into());
+                    }
+                    close(&mut run, clock, from);
+                    clock += u64::from(len);
+                    if clock > u64::from(u32::MAX) {
+                        return Err("clock overflows 32 bits".into());
+                    }
+                    continue;
+                }
+                0 => {
+                    let len = r.var_u32()?;
+                    if len == 0 {
+                        return Err("empty GC".into());
+                    }
+                    u64::from(len)
+                }
+                _ => r.item(info)?,
+            };
+            let (_, _, n) = run.get_or_insert((clock, from, 0));
+            *n += 1;
+            clock += len;
+            if clock > u64::from(u32::MAX) {
+                return Err("clock overflows 32 bits".into());
+            }
+        }
+        close(&mut run, clock, r.pos);
+    }
+    let ds_from = r.pos;
+    let mut deletes = false;
+    for _ in 0..r.count(2)? {
+        r.client()?;
+        for _ in 0..r.count(2)? {
+            let clock = r.var_u32()?;
+            let len = r.var_u32()?;
+            if clock.checked_add(len).is_none() {
+                return Err("deleted range overflows 32 bits".into());
+            }
+            deletes |= len > 0;
+        }
+    }
+    Ok(Scan {
+        runs,
+        delete_set: &update[ds_from..r.pos],
+        deletes,
+    })
+}
+
+/// Checks a v1 state vector: a count that fits its bytes, 53-bit client ids, 32-bit clocks.
+pub(crate) fn check_state_vector(sv: &[u8]) -> Result<()> {
+    let mut r = Reader { buf: sv, pos: 0 };
+    for _ in 0..r.count(2)? {
+        r.client()?;
+        r.var_u32()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::{Any, Array, ClientID, Doc, Map, ReadTxn, Text, Transact};
+
+    #[test]
+    fn scans_what_yrs_writes() {
+        let doc = Doc::with_client_id(1 << 40);
+        let text = doc.get_or_insert_text("t");
+        let map = doc.get_or_insert_map("m");
+        let array = doc.get_or_insert_array("a");
+        let update = {
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, 0, "héllo 👋");
+            text.remove_range(&mut txn, 1, 2);
+            map.insert(&mut txn, "n", 1.5);
+            map.insert(
+                &mut txn,
+                "deep",
+                Any::from(vec![Any::from(vec![Any::Null])]),
+            );
+            array.insert(&mut txn, 0, vec![1i64, 2, 3]);
+            txn.encode_update_v1()
+        };
+        let scan = scan(&update).unwrap();
+        assert_eq!(scan.runs.len(), 1);
+        let run = scan.runs[0];
+        assert_eq!((run.client, run.clock), (1 << 40, 0));
+        let clock = doc.transact().state_vector().get(&ClientID::new(1 << 40));
+        assert_eq!(run.end, clock);
+        assert!(scan.deletes);
+        let again = encode(&scan.runs, Some(scan.delete_set));
+        assert_eq!(again, update);
+    }
+
+    #[test]
+    fn refuses_what_yrs_mishandles() {
+        let bad: [(&str, &[u8]); 5] = [
+            ("client count", &[0xff, 0xff, 0xff, 0xff, 0x0f, 1, 1]),
+            ("struct count", &[1, 0xff, 0xff, 0x03, 1, 0, 0, 0]),
+            // A GC at clock 2^32 - 1 of length 4.
+            ("clock", &[1, 1, 7, 0xff, 0xff, 0xff, 0xff, 0x0f, 0, 4, 0]),
+            (
+                "client id",
+                &[
+                    1, 1, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x10, 0, 0, 1, 0,
+                ],
+            ),
+            (
+                "deleted range",
+                &[0, 1, 1, 1, 0xff, 0xff, 0xff, 0xff, 0x0f, 2],
+            ),
+        ];
+        for (what, update) in bad {
+            assert!(scan(update).is_err(), "{what} accepted");
+        }
+        // One Any item in root "t" holding arrays nested `levels` deep.
+        let nested = |levels: usize| {
+            let mut u = vec![1, 1, 1, 0, 0x08, 1, 1, b't', 1];
+            for _ in 0..levels {
+                u.extend([117, 1]);
+            }
+            u.extend([126, 0]);
+            u
+        };
+        assert!(scan(&nested(ANY_DEPTH_MAX)).is_ok());
+        assert!(
+            scan(&nested(ANY_DEPTH_MAX + 1)).is_err(),
+            "deep value accepted"
+        );
+    }
+}

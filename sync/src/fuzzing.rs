@@ -1,0 +1,307 @@
+//! The checks run by the fuzz targets in `fuzz/` and by `tests/fuzz_regressions.rs`, which replays
+//! their seeds and every crash input ever found. Each check takes arbitrary bytes and panics when
+//! roomd misbehaves on them; an input it returns from is fine, whatever it contained.
+//!
+//! Not part of the public API.
+
+use bytes::Bytes;
+use roomd_crdt::{ApplyError, DocLimits, YDoc};
+
+use crate::awareness::{self, AwarenessTable};
+use crate::{
+    decode_frame, CloseCode, ConnId, DecodeError, Message, MessageLimits, Output, SessionLimits,
+    YjsDocSession,
+};
+
+/// The decoder limits of the server's defaults (8 MiB messages).
+pub const CODEC_LIMITS: MessageLimits = MessageLimits {
+    payload_bytes_max: 8 << 20,
+};
+
+/// Small document limits, so that inputs can reach them.
+pub const DOC_LIMITS: DocLimits = DocLimits {
+    update_bytes_max: 16 << 10,
+    doc_bytes_max: 64 << 10,
+};
+
+/// Session limits small enough for inputs to reach.
+pub const SESSION_LIMITS: SessionLimits = SessionLimits {
+    message: MessageLimits {
+        payload_bytes_max: 16 << 10,
+    },
+    conns_max: 4,
+    awareness_states_per_conn_max: 4,
+};
+
+/// Decodes `data` as a frame: when it decodes, encoding the messages and decoding them again must
+/// give the same messages, and the encoding must be canonical (a fixed point, never longer than
+/// the input). `data`, and every awareness payload in it, is also parsed as an awareness update
+/// and must round-trip likewise.
+pub fn check_codec(data: &[u8]) {
+    match decode_frame(data, CODEC_LIMITS) {
+        Ok(messages) => {
+            assert!(!messages.is_empty(), "a frame decoded to no message");
+            let mut encoded = Vec::with_capacity(data.len());
+            for m in &messages {
+                m.encode(&mut encoded);
+            }
+            assert!(
+                encoded.len() <= data.len(),
+                "re-encoding grew the frame from {} to {} bytes",
+                data.len(),
+                encoded.len()
+            );
+            let again = match decode_frame(&encoded, CODEC_LIMITS) {
+                Ok(again) => again,
+                Err(e) => panic!("re-encoded frame {encoded:?} does not decode: {e}"),
+            };
+            assert_eq!(again, messages, "messages changed through encode + decode");
+            let mut twice = Vec::with_capacity(encoded.len());
+            for m in &again {
+                m.encode(&mut twice);
+            }
+            assert_eq!(twice, encoded, "encoding is not a fixed point");
+            for m in &messages {
+                if let Message::Awareness(update) = m {
+                    check_awareness(update);
+                }
+            }
+        }
+        Err(DecodeError::Incomplete { needed }) => {
+            assert!(needed > 0, "an incomplete frame needs no more bytes")
+        }
+        Err(DecodeError::Invalid(_)) => {}
+    }
+    check_awareness(data);
+}
+
+fn check_awareness(update: &[u8]) {
+    let Ok(entries) = awareness::parse(update) else {
+        return;
+    };
+    let mut encoded = Vec::with_capacity(update.len());
+    awareness::encode(entries.iter().copied(), &mut encoded);
+    match awareness::parse(&encoded) {
+        Ok(again) => assert_eq!(
+            again, entries,
+            "awareness entries changed through a round trip"
+        ),
+        Err(e) => panic!("re-encoded awareness update {encoded:?} does not parse: {e}"),
+    }
+    let conn = ConnId(1);
+    let mut table = AwarenessTable::default();
+    table.apply(conn, &entries);
+    let live = table.len();
+    assert_eq!(table.owned_by(conn), live);
+    if let Some(all) = table.encode_all() {
+        match awareness::parse(&all) {
+            Ok(states) => assert_eq!(states.len(), live, "encode_all lost states"),
+            Err(e) => panic!("the table's own states do not parse: {e}"),
+        }
+    }
+    if let Some(removal) = table.remove_conn(conn) {
+        match awareness::parse(&removal) {
+            Ok(removed) => {
+                assert_eq!(removed.len(), live, "a removal lost states");
+                assert!(removed.iter().all(|e| e.is_removal()));
+            }
+            Err(e) => panic!("the table's removal does not parse: {e}"),
+        }
+    }
+    assert!(table.is_empty(), "states outlived their connection");
+}
+
+/// Feeds `data` to a document as one update, then interprets it as a script driving a
+/// [`YjsDocSession`] from two connections (see [`drive_session`]). Nothing may panic, a refused
+/// update must leave the document unchanged, and every snapshot must load into a fresh document.
+pub fn check_apply(data: &[u8]) {
+    let mut doc = YDoc::new(DOC_LIMITS);
+    match doc.apply_update(data) {
+        Ok(_) => {}
+        Err(ApplyError::Panicked) => panic!("yrs panicked integrating {data:?}"),
+        // roomd_crdt scans updates for what makes yrs panic before yrs decodes them.
+        Err(ApplyError::Malformed(m)) if m == "update decoding failed" => {
+            panic!("yrs panicked decoding {data:?}")
+        }
+        Err(_) => assert_eq!(
+            doc.state_vector(),
+            YDoc::new(DOC_LIMITS).state_vector(),
+            "a refused update changed the document"
+        ),
+    }
+    check_snapshot(&doc);
+    drive_session(data);
+}
+
+/// The document a snapshot loads into, or a panic.
+fn load(snapshot: &[u8]) -> YDoc {
+    if let Err(e) = YDoc::check_update(snapshot) {
+        panic!("a snapshot does not decode: {e}");
+    }
+    let mut fresh = YDoc::new(DocLimits::DEFAULT);
+    if let Err(e) = fresh.apply_update(snapshot) {
+        panic!("a snapshot does not load into a fresh document: {e}");
+    }
+    fresh
+}
+
+/// The snapshot loads into a fresh document with the same state vector, and snapshots are stable
+/// from then on (the first load may drop empty entries of a delete set).
+fn check_snapshot(doc: &YDoc) {
+    let fresh = load(&doc.snapshot());
+    assert_eq!(
+        fresh.state_vector(),
+        doc.state_vector(),
+        "a snapshot loads to another state vector"
+    );
+    let snapshot = fresh.snapshot();
+    assert_eq!(
+        load(&snapshot).snapshot(),
+        snapshot,
+        "a loaded snapshot encodes differently"
+    );
+}
+
+/// A byte script driving a session as the server would, with a log standing for storage.
+///
+/// Each step starts with an op byte: bit 0 picks connection slot 0 or 1; bits 1–2 say what to do.
+/// `0` and `1`: a frame from that slot's connection follows, as one length byte then that many
+/// bytes (length 255: the rest of the input). `2`: the slot's connection closes, or a new one
+/// opens if it was closed. `3`: the room restarts from its log, folded into one snapshot (every
+/// connection closes).
+pub fn drive_session(script: &[u8]) {
+    let mut room = Room::new();
+    let mut rest = script;
+    while let Some((&op, tail)) = rest.split_first() {
+        rest = tail;
+        let slot = usize::from(op & 1);
+        match (op >> 1) & 3 {
+            0 | 1 => {
+                let (frame, tail) = match rest.split_first() {
+                    Some((&255, tail)) => (tail, &[][..]),
+                    Some((&len, tail)) => tail.split_at(usize::from(len).min(tail.len())),
+                    None => (&[][..], &[][..]),
+                };
+                rest = tail;
+                room.receive(slot, frame);
+            }
+            2 => room.toggle(slot),
+            _ => room.restart(),
+        }
+        room.check();
+    }
+    check_snapshot(room.session.doc());
+    check_snapshot(&room.stored);
+}
+
+struct Room {
+    session: YjsDocSession,
+    /// Every appended update applied in order: what storage would load.
+    stored: YDoc,
+    slots: [Option<ConnId>; 2],
+    next_conn: u64,
+}
+
+impl Room {
+    fn new() -> Room {
+        let mut room = Room {
+            session: YjsDocSession::new(YDoc::new(DOC_LIMITS), SESSION_LIMITS),
+            stored: YDoc::new(DocLimits::DEFAULT),
+            slots: [None, None],
+            next_conn: 1,
+        };
+        room.toggle(0);
+        room.toggle(1);
+        room
+    }
+
+    fn toggle(&mut self, slot: usize) {
+        let mut out = Vec::new();
+        match self.slots[slot].take() {
+            Some(conn) => self.session.close(conn, &mut out),
+            None => {
+                let conn = ConnId(self.next_conn);
+                self.next_conn += 1;
+                match self.session.open(conn, &mut out) {
+                    Ok(()) => self.slots[slot] = Some(conn),
+                    Err(code) => panic!("a session with {} connections refused one: {code:?}", {
+                        self.session.connections()
+                    }),
+                }
+            }
+        }
+        self.carry_out(out);
+    }
+
+    fn receive(&mut self, slot: usize, frame: &[u8]) {
+        let Some(conn) = self.slots[slot] else {
+            return;
+        };
+        let mut out = Vec::new();
+        self.session
+            .receive(conn, &Bytes::copy_from_slice(frame), &mut out);
+        self.carry_out(out);
+    }
+
+    fn restart(&mut self) {
+        self.slots = [None, None];
+        let folded = self.stored.snapshot();
+        self.stored = load(&folded);
+        let mut doc = YDoc::new(DOC_LIMITS);
+        if let Err(e) = doc.apply_update(&folded) {
+            panic!("the folded log does not load under the document limits: {e}");
+        }
+        doc.rebase_size(folded.len());
+        self.session = YjsDocSession::new(doc, SESSION_LIMITS);
+        self.toggle(0);
+        self.toggle(1);
+    }
+
+    fn carry_out(&mut self, out: Vec<Output>) {
+        for o in out {
+            match o {
+                Output::Send { conn, frame } => {
+                    assert!(
+                        self.slots.contains(&Some(conn)),
+                        "a frame for {conn:?}, which is not open"
+                    );
+                    match decode_frame(&frame, CODEC_LIMITS) {
+                        Ok(messages) => assert_eq!(messages.len(), 1, "one message per frame"),
+                        Err(e) => panic!("the session sent {frame:?}, which does not decode: {e}"),
+                    }
+                }
+                Output::Append { update } => {
+                    if let Err(e) = self.stored.apply_update(&update) {
+                        panic!("an appended update does not apply to storage: {e}");
+                    }
+                }
+                Output::Disconnect { conn, code, reason } => {
+                    assert_ne!(code, CloseCode::Internal, "the document failed: {reason}");
+                    assert!(reason.len() <= 123, "close reason too long");
+                    let Some(slot) = self.slots.iter().position(|&s| s == Some(conn)) else {
+                        panic!("{conn:?} disconnected, which is not open");
+                    };
+                    self.slots[slot] = None;
+                }
+            }
+        }
+    }
+
+    fn check(&self) {
+        let doc = self.session.doc();
+        assert!(!doc.is_poisoned(), "the document is poisoned");
+        assert_eq!(
+            self.session.connections(),
+            self.slots.iter().flatten().count(),
+            "the session's connections differ from the open ones"
+        );
+        assert!(
+            self.session.awareness_states() <= 2 * SESSION_LIMITS.awareness_states_per_conn_max
+        );
+        assert_eq!(
+            self.stored.state_vector(),
+            doc.state_vector(),
+            "storage does not reproduce the document"
+        );
+    }
+}

@@ -1,0 +1,723 @@
+//! Seeded convergence simulation: several Yjs clients edit one document through a single
+//! [`YjsDocSession`] over a hostile simulated network, and every replica must end identical.
+//!
+//! # What is simulated
+//!
+//! Each client is a `yrs::Doc` running the y-sync client logic, written here with yrs's own
+//! codec (`yrs::sync`), independent of roomd's: when its connection opens it sends sync step 1
+//! (and its awareness state); it answers a step 1 with a step 2; it applies every step 2 and
+//! update; it sends each local edit (random text inserts and deletes, map sets and removals) as
+//! an update while connected. Remote updates go through `roomd_crdt::bare::apply`, the same
+//! guard the server's documents use, because yrs 0.28 on its own corrupts documents that receive
+//! updates out of order (Yjs clients handle that correctly). The room core is one `YjsDocSession`; every `Output::Append` goes
+//! to a log that stands for storage, and the room is sometimes restarted from that log (after an
+//! optional compaction into one snapshot), as the server does when a room unloads and loads
+//! again.
+//!
+//! # The network model, and what the protocol can guarantee
+//!
+//! A WebSocket runs over TCP: within one connection nothing is lost, duplicated or reordered
+//! while the connection lives, and when something is lost the connection breaks. y-sync has no
+//! acknowledgements or retransmission; it recovers from loss by the handshake of the *next*
+//! connection (each side's step 1 is answered with everything the other lacks). A message that
+//! silently vanished from a connection that stays open would be lost for good, so no protocol of
+//! this shape can survive that, and it does not happen in reality. The simulation therefore
+//! models loss only as a broken connection:
+//!
+//! - **Delay and reordering**: every message gets an independent random delay, so messages are
+//!   reordered across connections *and within one connection*. That is stronger than TCP; the
+//!   protocol still converges because Yjs updates commute (an update that arrives before its
+//!   dependencies waits as pending structs) and are idempotent.
+//! - **Duplication**: a message may be delivered twice (again stronger than TCP); applying an
+//!   update twice is a no-op and a repeated step 1 is answered twice.
+//! - **Drop = connection lost**: when a message is dropped, its connection breaks. The client
+//!   notices at once and reconnects after a random delay with a new connection id and a fresh
+//!   handshake. The server notices after its own random delay (`session.close`); until then it
+//!   still processes messages from that connection that were already on their way, and its
+//!   messages to the client are lost. Anything else in flight on the connection may arrive or
+//!   not.
+//! - **Disconnects and restarts**: clients also leave and come back on their own, and the whole
+//!   room restarts from its log, which breaks every connection.
+//!
+//! At the end the network heals (no more drops, disconnects or restarts; delays and duplicates
+//! continue), every disconnected client reconnects, connected clients keep their connections,
+//! and the network drains. Then every client, the session's document and the document rebuilt
+//! from the log must be identical: same text, same map, same state vector, same encoded state,
+//! and nothing pending or waiting anywhere.
+//!
+//! # Running it
+//!
+//! `cargo test -p roomd-sync --test simulation` runs 200 seeds. `SIM_SEEDS=5000` runs more;
+//! `SIM_SEED=17` replays one seed and prints its trace (add `-- --nocapture`). A failure names its
+//! seed and the command that replays it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use bytes::Bytes;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use roomd_crdt::{DocLimits, YDoc};
+use roomd_sync::{ConnId, MessageLimits, Output, SessionLimits, YjsDocSession};
+use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
+use yrs::sync::{Message as YMessage, MessageReader, SyncMessage as YSync};
+use yrs::types::ToJson;
+use yrs::updates::decoder::{Decode, DecoderV1};
+use yrs::updates::encoder::Encode;
+use yrs::{
+    Any, ClientID, Doc, GetString, Map, MapRef, ReadTxn, StateVector, Text, TextRef, Transact,
+    Update,
+};
+
+const DEFAULT_SEEDS: u64 = 200;
+const TEXT: &str = "t";
+const MAP: &str = "m";
+
+const SESSION_LIMITS: SessionLimits = SessionLimits {
+    message: MessageLimits {
+        payload_bytes_max: 8 << 20,
+    },
+    conns_max: 64,
+    awareness_states_per_conn_max: 16,
+};
+
+/// The knobs of one run, drawn from its seed.
+#[derive(Debug, Clone)]
+struct Config {
+    clients: usize,
+    steps: u32,
+    /// Largest delay of one message, in ticks.
+    max_delay: u64,
+    /// Chance that a message is delivered twice.
+    dup: f64,
+    /// Chance that a message is dropped, breaking its connection.
+    drop: f64,
+    /// Chance per tick that a random client disconnects on its own.
+    disconnect: f64,
+    /// Chance per tick that the room restarts from its log.
+    restart: f64,
+    /// Chance per tick and client of a local edit.
+    edit: f64,
+    /// Chance per tick that a random client announces a new awareness state.
+    awareness: f64,
+    /// Largest delay before a client reconnects, in ticks.
+    reconnect_max: u64,
+}
+
+impl Config {
+    fn draw(rng: &mut SmallRng) -> Config {
+        // A few seeds run on a perfect network, which must converge without any handshake
+        // after the first.
+        let faults = rng.random_range(0..8) != 0;
+        Config {
+            clients: rng.random_range(2..=5),
+            steps: rng.random_range(60..=180),
+            max_delay: rng.random_range(0..=20),
+            dup: if faults {
+                rng.random_range(0.0..0.2)
+            } else {
+                0.0
+            },
+            drop: if faults {
+                rng.random_range(0.0..0.05)
+            } else {
+                0.0
+            },
+            disconnect: if faults {
+                rng.random_range(0.0..0.03)
+            } else {
+                0.0
+            },
+            restart: if faults {
+                rng.random_range(0.0..0.005)
+            } else {
+                0.0
+            },
+            edit: rng.random_range(0.05..0.4),
+            awareness: rng.random_range(0.0..0.1),
+            reconnect_max: rng.random_range(1..=40),
+        }
+    }
+}
+
+/// Something the network will do at a given tick.
+#[derive(Debug, Clone)]
+enum Event {
+    /// A frame from a client arrives at the server.
+    ToServer { conn: ConnId, frame: Bytes },
+    /// A frame from the server arrives at a client.
+    ToClient { conn: ConnId, frame: Bytes },
+    /// The server notices that a connection is gone.
+    ServerClose { conn: ConnId },
+    /// A client's reconnect timer fires.
+    Connect { client: usize },
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Stats {
+    delivered: u64,
+    duplicated: u64,
+    dropped: u64,
+    connects: u64,
+    restarts: u64,
+    edits: u64,
+}
+
+impl Stats {
+    fn add(&mut self, o: Stats) {
+        self.delivered += o.delivered;
+        self.duplicated += o.duplicated;
+        self.dropped += o.dropped;
+        self.connects += o.connects;
+        self.restarts += o.restarts;
+        self.edits += o.edits;
+    }
+}
+
+struct Client {
+    doc: Doc,
+    text: TextRef,
+    map: MapRef,
+    conn: Option<ConnId>,
+    awareness_clock: u32,
+    /// Updates waiting for missing structs (see [`Client::apply`]).
+    waiting: Vec<Vec<u8>>,
+}
+
+impl Client {
+    fn new(id: u64) -> Client {
+        let doc = Doc::with_client_id(id);
+        let text = doc.get_or_insert_text(TEXT);
+        let map = doc.get_or_insert_map(MAP);
+        Client {
+            doc,
+            text,
+            map,
+            conn: None,
+            awareness_clock: 0,
+            waiting: Vec::new(),
+        }
+    }
+
+    /// Applies a remote update the way `roomd_crdt::YDoc` does (see `roomd_crdt::bare`): only
+    /// structs that continue the document reach yrs, the rest waits.
+    fn apply(&mut self, update: &[u8]) {
+        if let Err(e) = roomd_crdt::bare::apply(&self.doc, &mut self.waiting, update) {
+            panic!("an update from the server does not apply: {e}");
+        }
+    }
+
+    /// What the holder of `sv` lacks, waiting updates included.
+    fn diff(&self, sv: &StateVector) -> Vec<u8> {
+        let diff = self.doc.transact().encode_state_as_update_v1(sv);
+        roomd_crdt::bare::with_waiting(diff, &self.waiting)
+    }
+}
+
+struct Sim {
+    seed: u64,
+    rng: SmallRng,
+    cfg: Config,
+    now: u64,
+    seq: u64,
+    /// Pending events by (tick, sequence number).
+    queue: BTreeMap<(u64, u64), Event>,
+    session: YjsDocSession,
+    /// Every update the session asked to append, in order; a compaction folds it.
+    log: Vec<Bytes>,
+    clients: Vec<Client>,
+    /// Which client each connection id belongs to (ids are never reused).
+    owner: HashMap<ConnId, usize>,
+    next_conn: u64,
+    /// False once the network has healed.
+    faults: bool,
+    trace: bool,
+    stats: Stats,
+}
+
+fn doc_limits() -> DocLimits {
+    DocLimits::DEFAULT
+}
+
+fn sync_frame(msg: YSync) -> Bytes {
+    Bytes::from(YMessage::Sync(msg).encode_v1())
+}
+
+/// The document rebuilt from a log of v1 updates, as the server loads it from storage.
+fn rebuild(log: &[Bytes]) -> YDoc {
+    let mut doc = YDoc::new(doc_limits());
+    for (i, update) in log.iter().enumerate() {
+        if let Err(e) = doc.apply_update(update) {
+            panic!("log entry {i} of {} does not apply: {e}", log.len());
+        }
+    }
+    doc
+}
+
+/// What a replica's content looks like, for comparison.
+#[derive(Debug, PartialEq)]
+struct Content {
+    text: String,
+    map: Any,
+    state_vector: StateVector,
+    pending: bool,
+}
+
+fn content(doc: &Doc) -> Content {
+    let txn = doc.transact();
+    Content {
+        text: txn
+            .get_text(TEXT)
+            .map(|t| t.get_string(&txn))
+            .unwrap_or_default(),
+        map: txn
+            .get_map(MAP)
+            .map(|m| m.to_json(&txn))
+            .unwrap_or_else(|| Any::Map(Default::default())),
+        state_vector: txn.state_vector(),
+        pending: txn.store().pending_update().is_some() || txn.store().pending_ds().is_some(),
+    }
+}
+
+/// A yrs document holding exactly `update`.
+fn doc_of(update: &[u8]) -> Doc {
+    let doc = Doc::with_client_id(u64::MAX >> 11);
+    doc.transact_mut()
+        .apply_update(Update::decode_v1(update).expect("snapshot decodes"))
+        .expect("snapshot applies");
+    doc
+}
+
+fn full_state(doc: &Doc) -> Vec<u8> {
+    doc.transact()
+        .encode_state_as_update_v1(&StateVector::default())
+}
+
+impl Sim {
+    fn new(seed: u64, trace: bool) -> Sim {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let cfg = Config::draw(&mut rng);
+        let clients = (0..cfg.clients)
+            .map(|i| Client::new(i as u64 + 1))
+            .collect();
+        Sim {
+            seed,
+            rng,
+            cfg,
+            now: 0,
+            seq: 0,
+            queue: BTreeMap::new(),
+            session: YjsDocSession::new(YDoc::new(doc_limits()), SESSION_LIMITS),
+            log: Vec::new(),
+            clients,
+            owner: HashMap::new(),
+            next_conn: 1,
+            faults: true,
+            trace,
+            stats: Stats::default(),
+        }
+    }
+
+    fn log_event(&self, what: std::fmt::Arguments<'_>) {
+        if self.trace {
+            eprintln!("[seed {} t={}] {what}", self.seed, self.now);
+        }
+    }
+
+    fn schedule(&mut self, at: u64, event: Event) {
+        self.seq += 1;
+        self.queue.insert((at, self.seq), event);
+    }
+
+    fn delay(&mut self) -> u64 {
+        self.now + self.rng.random_range(0..=self.cfg.max_delay)
+    }
+
+    /// Puts a frame on the wire of `conn`: it may be delayed, duplicated, or dropped (which
+    /// breaks the connection).
+    fn transmit(&mut self, event: Event) {
+        let conn = match &event {
+            Event::ToServer { conn, .. } | Event::ToClient { conn, .. } => *conn,
+            _ => unreachable!("only frames are transmitted"),
+        };
+        if self.faults && self.rng.random_bool(self.cfg.drop) {
+            self.stats.dropped += 1;
+            self.log_event(format_args!("drop on {conn:?}: {event:?}"));
+            self.break_conn(conn);
+            return;
+        }
+        let copies = if self.faults && self.rng.random_bool(self.cfg.dup) {
+            self.stats.duplicated += 1;
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let at = self.delay();
+            self.schedule(at, event.clone());
+        }
+    }
+
+    /// The connection breaks: the client forgets it now and will reconnect; the server notices
+    /// later.
+    fn break_conn(&mut self, conn: ConnId) {
+        let client = self.owner[&conn];
+        if self.clients[client].conn != Some(conn) {
+            return;
+        }
+        self.clients[client].conn = None;
+        let notice = self.now + self.rng.random_range(0..=2 * self.cfg.max_delay);
+        self.schedule(notice, Event::ServerClose { conn });
+        let back = self.now + self.rng.random_range(1..=self.cfg.reconnect_max);
+        self.schedule(back, Event::Connect { client });
+        self.log_event(format_args!(
+            "{conn:?} of client {client} broke; server notices at {notice}, reconnect at {back}"
+        ));
+    }
+
+    fn connect(&mut self, client: usize) {
+        if self.clients[client].conn.is_some() {
+            return;
+        }
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        self.owner.insert(conn, client);
+        self.clients[client].conn = Some(conn);
+        self.stats.connects += 1;
+        self.log_event(format_args!("client {client} connects as {conn:?}"));
+        let mut out = Vec::new();
+        if let Err(code) = self.session.open(conn, &mut out) {
+            panic!("session refused {conn:?}: {code:?}");
+        }
+        self.carry_out(out);
+        let sv = self.clients[client].doc.transact().state_vector();
+        self.transmit(Event::ToServer {
+            conn,
+            frame: sync_frame(YSync::SyncStep1(sv)),
+        });
+        if self.clients[client].awareness_clock > 0 {
+            self.send_awareness(client);
+        }
+    }
+
+    fn send_awareness(&mut self, client: usize) {
+        let Some(conn) = self.clients[client].conn else {
+            return;
+        };
+        let c = &mut self.clients[client];
+        c.awareness_clock += 1;
+        let mut clients = HashMap::new();
+        clients.insert(
+            ClientID::new(client as u64 + 1),
+            AwarenessUpdateEntry {
+                clock: c.awareness_clock,
+                json: format!(
+                    r#"{{"user":{{"name":"c{client}"}},"cursor":{}}}"#,
+                    c.awareness_clock
+                )
+                .into(),
+            },
+        );
+        let frame = Bytes::from(YMessage::Awareness(AwarenessUpdate { clients }).encode_v1());
+        self.transmit(Event::ToServer { conn, frame });
+    }
+
+    /// Carries out the session's outputs as the server would.
+    fn carry_out(&mut self, out: Vec<Output>) {
+        for o in out {
+            match o {
+                Output::Send { conn, frame } => self.transmit(Event::ToClient { conn, frame }),
+                Output::Append { update } => self.log.push(update),
+                Output::Disconnect { conn, code, reason } => {
+                    panic!("the session closed {conn:?} with {code:?}: {reason}")
+                }
+            }
+        }
+    }
+
+    /// A random local edit by `client`, sent as an update when it is connected.
+    fn edit(&mut self, client: usize) {
+        let kind = self.rng.random_range(0..10);
+        let c = &self.clients[client];
+        let update = {
+            let mut txn = c.doc.transact_mut();
+            let len = c.text.len(&txn);
+            match kind {
+                0..=4 => {
+                    let at = self.rng.random_range(0..=len);
+                    let n = self.rng.random_range(1..=4);
+                    let s: String = (0..n)
+                        .map(|_| char::from(b'a' + self.rng.random_range(0..26u8)))
+                        .collect();
+                    c.text.insert(&mut txn, at, &s);
+                }
+                5..=6 if len > 0 => {
+                    let at = self.rng.random_range(0..len);
+                    let n = self.rng.random_range(1..=(len - at).min(6));
+                    c.text.remove_range(&mut txn, at, n);
+                }
+                7 => {
+                    let key = ["a", "b", "c", "d"][self.rng.random_range(0..4)];
+                    c.map.remove(&mut txn, key);
+                }
+                _ => {
+                    let key = ["a", "b", "c", "d"][self.rng.random_range(0..4)];
+                    let value = self.rng.random_range(0..1000i64);
+                    if self.rng.random_bool(0.5) {
+                        c.map.insert(&mut txn, key, value);
+                    } else {
+                        c.map.insert(&mut txn, key, format!("v{value}"));
+                    }
+                }
+            }
+            txn.encode_update_v1()
+        };
+        // A transaction that changed nothing (removing an absent key) encodes as `[0, 0]`.
+        if update == [0, 0] {
+            return;
+        }
+        self.stats.edits += 1;
+        if let Some(conn) = self.clients[client].conn {
+            self.transmit(Event::ToServer {
+                conn,
+                frame: sync_frame(YSync::Update(update)),
+            });
+        }
+    }
+
+    /// A frame from the server reaches `client` on `conn`.
+    fn client_receive(&mut self, client: usize, conn: ConnId, frame: &[u8]) {
+        let mut decoder = DecoderV1::from(frame);
+        let messages: Vec<YMessage> = MessageReader::new(&mut decoder)
+            .collect::<Result<_, _>>()
+            .unwrap_or_else(|e| panic!("server frame {frame:?} does not decode: {e}"));
+        assert_eq!(messages.len(), 1, "the server sends one message per frame");
+        match messages.into_iter().next().unwrap() {
+            YMessage::Sync(YSync::SyncStep1(sv)) => {
+                let diff = self.clients[client].diff(&sv);
+                self.transmit(Event::ToServer {
+                    conn,
+                    frame: sync_frame(YSync::SyncStep2(diff)),
+                });
+            }
+            YMessage::Sync(YSync::SyncStep2(u) | YSync::Update(u)) => {
+                self.clients[client].apply(&u);
+            }
+            YMessage::Awareness(update) => {
+                assert!(
+                    update
+                        .clients
+                        .values()
+                        .all(|e| e.json.as_ref() == "null" || e.json.starts_with(r#"{"user""#)),
+                    "unexpected awareness states {update:?}"
+                );
+            }
+            other => panic!("unexpected message from the server: {other:?}"),
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        self.log_event(format_args!("{event:?}"));
+        match event {
+            Event::ToServer { conn, frame } => {
+                self.stats.delivered += 1;
+                let mut out = Vec::new();
+                self.session.receive(conn, &frame, &mut out);
+                self.carry_out(out);
+            }
+            Event::ToClient { conn, frame } => {
+                let client = self.owner[&conn];
+                if self.clients[client].conn == Some(conn) {
+                    self.stats.delivered += 1;
+                    self.client_receive(client, conn, &frame);
+                }
+            }
+            Event::ServerClose { conn } => {
+                let mut out = Vec::new();
+                self.session.close(conn, &mut out);
+                self.carry_out(out);
+            }
+            Event::Connect { client } => self.connect(client),
+        }
+    }
+
+    /// The room unloads and loads again from its log (compacted into one snapshot half of the
+    /// time): every connection breaks.
+    fn restart(&mut self) {
+        self.stats.restarts += 1;
+        if self.rng.random_bool(0.5) {
+            self.log = vec![Bytes::from(self.session.doc().snapshot())];
+        }
+        self.log_event(format_args!(
+            "room restarts from {} log entries",
+            self.log.len()
+        ));
+        self.session = YjsDocSession::new(rebuild(&self.log), SESSION_LIMITS);
+        for client in 0..self.clients.len() {
+            if let Some(conn) = self.clients[client].conn {
+                self.break_conn(conn);
+            }
+        }
+    }
+
+    fn run(&mut self) {
+        for client in 0..self.clients.len() {
+            self.connect(client);
+        }
+        for _ in 0..self.cfg.steps {
+            self.now += 1;
+            for client in 0..self.clients.len() {
+                if self.rng.random_bool(self.cfg.edit) {
+                    self.edit(client);
+                }
+            }
+            if self.rng.random_bool(self.cfg.awareness) {
+                let client = self.rng.random_range(0..self.clients.len());
+                self.send_awareness(client);
+            }
+            if self.rng.random_bool(self.cfg.disconnect) {
+                let client = self.rng.random_range(0..self.clients.len());
+                if let Some(conn) = self.clients[client].conn {
+                    self.log_event(format_args!("client {client} leaves"));
+                    self.break_conn(conn);
+                }
+            }
+            if self.rng.random_bool(self.cfg.restart) {
+                self.restart();
+            }
+            while let Some(entry) = self.queue.first_entry() {
+                if entry.key().0 > self.now {
+                    break;
+                }
+                let event = entry.remove();
+                self.handle(event);
+            }
+        }
+        self.heal_and_drain();
+        self.check();
+    }
+
+    fn heal_and_drain(&mut self) {
+        self.faults = false;
+        self.log_event(format_args!("network heals"));
+        for client in 0..self.clients.len() {
+            if self.clients[client].conn.is_none() {
+                self.schedule(self.now, Event::Connect { client });
+            }
+        }
+        let mut budget = 1_000_000u32;
+        while let Some(((at, _), event)) = self.queue.pop_first() {
+            self.now = self.now.max(at);
+            self.handle(event);
+            budget -= 1;
+            assert!(budget > 0, "the network never drained");
+        }
+    }
+
+    fn check(&self) {
+        for (i, c) in self.clients.iter().enumerate() {
+            assert!(
+                c.conn.is_some(),
+                "client {i} is not connected after healing"
+            );
+        }
+        assert_eq!(
+            self.session.connections(),
+            self.clients.len(),
+            "the session's connections after healing"
+        );
+        let server = self.session.doc();
+        let server_snapshot = server.snapshot();
+        let server_doc = doc_of(&server_snapshot);
+        let want = content(&server_doc);
+        assert!(!want.pending, "the server has pending structs: {want:?}");
+        assert_eq!(server.text(TEXT), want.text);
+        assert_eq!(
+            StateVector::decode_v1(&server.state_vector()).unwrap(),
+            want.state_vector,
+            "the session's state vector differs from its snapshot's"
+        );
+        let want_state = full_state(&server_doc);
+        assert_eq!(
+            server.pending_updates(),
+            0,
+            "updates still wait at the server"
+        );
+        for (i, c) in self.clients.iter().enumerate() {
+            assert!(c.waiting.is_empty(), "updates still wait at client {i}");
+            assert_eq!(content(&c.doc), want, "client {i} differs from the server");
+            assert_eq!(
+                full_state(&doc_of(&full_state(&c.doc))),
+                want_state,
+                "client {i}'s encoded state differs from the server's"
+            );
+        }
+        let stored = rebuild(&self.log);
+        assert_eq!(
+            stored.pending_updates(),
+            0,
+            "updates wait in the rebuilt document"
+        );
+        assert_eq!(
+            content(&doc_of(&stored.snapshot())),
+            want,
+            "the log does not rebuild the session's document"
+        );
+    }
+}
+
+fn run_seed(seed: u64, trace: bool) -> Stats {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let mut sim = Sim::new(seed, trace);
+        if trace {
+            eprintln!("seed {seed}: {:?}", sim.cfg);
+        }
+        sim.run();
+        sim.stats
+    }));
+    match outcome {
+        Ok(stats) => stats,
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            panic!(
+                "simulation failed for seed {seed}: {msg}\n\
+                 replay with: SIM_SEED={seed} cargo test -p roomd-sync --test simulation -- --nocapture"
+            )
+        }
+    }
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    Some(
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value} is not a number")),
+    )
+}
+
+#[test]
+fn replicas_converge_under_faults() {
+    if let Some(seed) = env_u64("SIM_SEED") {
+        let stats = run_seed(seed, true);
+        eprintln!("seed {seed} converged: {stats:?}");
+        return;
+    }
+    let seeds = env_u64("SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
+    let mut total = Stats::default();
+    for seed in 0..seeds {
+        total.add(run_seed(seed, false));
+    }
+    eprintln!("{seeds} seeds converged: {total:?}");
+    // The run must actually have exercised the faults it claims to survive.
+    if seeds >= DEFAULT_SEEDS {
+        assert!(total.dropped > 0 && total.duplicated > 0 && total.restarts > 0);
+        assert!(total.connects > total.restarts + seeds * 2);
+        assert!(total.edits > seeds * 10);
+    }
+}
