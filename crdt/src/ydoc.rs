@@ -59,6 +59,9 @@ pub struct Applied {
     /// False when every struct and deletion in the update was already known: such an update
     /// need be neither stored nor forwarded.
     pub changed: bool,
+    /// True when, after this update, nothing waits for missing structs: the document holds
+    /// everything it was given, integrated.
+    pub complete: bool,
 }
 
 /// A Yjs document under roomd's limits.
@@ -139,17 +142,18 @@ impl YDoc {
                 limit: self.limits.doc_bytes_max,
             });
         }
-        let scan = Self::validate(update)?;
+        let (scan, decoded) = Self::validate(update)?;
         let doc = &self.doc;
         let waiting = &mut self.waiting;
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let (integrated, waits) =
-                apply_ready(doc, waiting, &scan).map_err(ApplyError::Rejected)?;
-            if integrated {
+                apply_ready(doc, waiting, &scan, Some(decoded)).map_err(ApplyError::Rejected)?;
+            if integrated && !waiting.is_empty() {
                 retry_waiting(doc, waiting);
             }
             Ok(Applied {
                 changed: integrated || waits,
+                complete: waiting.is_empty(),
             })
         }));
         match outcome {
@@ -207,15 +211,23 @@ impl YDoc {
         Self::validate(update).map(|_| ())
     }
 
+    /// Merges v1 updates that this document has integrated completely (see
+    /// [`Applied::complete`]) into one, or `None` when yrs cannot.
+    pub fn merge_updates(updates: &[&[u8]]) -> Option<Vec<u8>> {
+        catch_unwind(|| yrs::merge_updates_v1(updates).ok())
+            .ok()
+            .flatten()
+    }
+
     /// Scans `update` for what yrs mishandles, then lets yrs decode it: what passes both can be
     /// handed to yrs in parts.
-    fn validate(update: &[u8]) -> Result<Scan<'_>, ApplyError> {
+    fn validate(update: &[u8]) -> Result<(Scan<'_>, Update), ApplyError> {
         let scan = v1::scan(update).map_err(ApplyError::Malformed)?;
         // Decoding touches no document state, so a panic here leaves the document intact.
-        catch_unwind(|| Update::decode_v1(update))
+        let decoded = catch_unwind(|| Update::decode_v1(update))
             .map_err(|_| ApplyError::Malformed("update decoding failed".into()))?
             .map_err(|e| ApplyError::Malformed(e.to_string()))?;
-        Ok(scan)
+        Ok((scan, decoded))
     }
 
     /// The content of the root-level text `name` (empty when absent).
@@ -256,8 +268,9 @@ pub mod bare {
     /// Validates `update` and integrates what continues `doc`; the rest waits in `waiting`.
     /// Returns whether the document or `waiting` changed.
     pub fn apply(doc: &Doc, waiting: &mut Vec<Vec<u8>>, update: &[u8]) -> Result<bool, ApplyError> {
-        let scan = YDoc::validate(update)?;
-        let (integrated, waits) = apply_ready(doc, waiting, &scan).map_err(ApplyError::Rejected)?;
+        let (scan, decoded) = YDoc::validate(update)?;
+        let (integrated, waits) =
+            apply_ready(doc, waiting, &scan, Some(decoded)).map_err(ApplyError::Rejected)?;
         if integrated {
             retry_waiting(doc, waiting);
         }
@@ -298,11 +311,14 @@ fn wait(waiting: &mut Vec<Vec<u8>>, update: Vec<u8>) -> bool {
 
 /// Hands yrs, in one transaction, the runs of `scan` that continue the document (at most one per
 /// client) and its deletions; the other runs, and whatever yrs leaves pending, wait. Returns
-/// whether anything was integrated, and whether anything new waits.
+/// whether anything was integrated, and whether anything new waits. `decoded`, the whole update
+/// as yrs decoded it, is handed over as it is when every run is ready (the common case), which
+/// saves encoding and decoding the ready runs again.
 fn apply_ready(
     doc: &Doc,
     waiting: &mut Vec<Vec<u8>>,
     scan: &Scan<'_>,
+    decoded: Option<Update>,
 ) -> Result<(bool, bool), String> {
     let mut txn = doc.transact_mut();
     let sv = txn.state_vector();
@@ -322,8 +338,11 @@ fn apply_ready(
     let mut integrated = false;
     let mut waits = false;
     if !ready.is_empty() || scan.deletes {
-        let update = v1::encode(&ready, Some(scan.delete_set));
-        let decoded = Update::decode_v1(&update).map_err(|e| e.to_string())?;
+        let decoded = match decoded {
+            Some(whole) if later.is_empty() => whole,
+            _ => Update::decode_v1(&v1::encode(&ready, Some(scan.delete_set)))
+                .map_err(|e| e.to_string())?,
+        };
         txn.apply_update(decoded).map_err(|e| e.to_string())?;
         integrated = !txn.insert_set().is_empty() || !txn.delete_set().is_empty();
         for rest in take_pending(&mut txn) {
@@ -346,7 +365,7 @@ fn retry_waiting(doc: &Doc, waiting: &mut Vec<Vec<u8>>) {
             let Ok(scan) = v1::scan(&update) else {
                 continue;
             };
-            match apply_ready(doc, waiting, &scan) {
+            match apply_ready(doc, waiting, &scan, None) {
                 Ok((integrated, _)) => progress |= integrated,
                 Err(_) => {
                     wait(waiting, update);
@@ -377,8 +396,20 @@ mod tests {
     fn applies_and_reports_change_once() {
         let mut doc = YDoc::new(DocLimits::DEFAULT);
         let u = edit(7, "hello");
-        assert_eq!(doc.apply_update(&u), Ok(Applied { changed: true }));
-        assert_eq!(doc.apply_update(&u), Ok(Applied { changed: false }));
+        assert_eq!(
+            doc.apply_update(&u),
+            Ok(Applied {
+                changed: true,
+                complete: true
+            })
+        );
+        assert_eq!(
+            doc.apply_update(&u),
+            Ok(Applied {
+                changed: false,
+                complete: true
+            })
+        );
         assert_eq!(doc.text("t"), "hello");
     }
 

@@ -72,8 +72,8 @@ pub struct Config {
     /// Interval of WebSocket pings and keep-alive messages; a connection that answers nothing
     /// for two intervals is dropped (default 15 s).
     pub keepalive_interval: Duration,
-    /// How long a close frame may take to reach a slow client before the socket is dropped
-    /// (default 5 s).
+    /// How long the closing handshake (our close frame out, the client's back) may take before
+    /// the socket is dropped (default 5 s).
     pub close_timeout: Duration,
     /// Log bytes of one document after which the log is folded into a snapshot (default 1 MiB).
     pub compact_log_bytes: usize,

@@ -44,7 +44,7 @@ struct ServeArgs {
     /// Interval of pings and keep-alive messages.
     #[arg(long, env = "ROOMD_KEEPALIVE_INTERVAL_MS", default_value_t = 15_000)]
     keepalive_interval_ms: u64,
-    /// Time allowed for a close frame to reach a slow client.
+    /// Time allowed for the closing handshake with a slow or silent client.
     #[arg(long, env = "ROOMD_CLOSE_TIMEOUT_MS", default_value_t = 5_000)]
     close_timeout_ms: u64,
     /// Log bytes of a document after which it is folded into a snapshot.

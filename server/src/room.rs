@@ -17,6 +17,9 @@ use crate::registry::Rooms;
 use crate::store::{DocKey, StoreError};
 use crate::AppCtx;
 
+/// Commands a room task takes from its inbox at once, at most.
+const INBOX_BATCH_MAX: usize = 256;
+
 /// A command for a room task.
 #[derive(Debug)]
 pub enum RoomCmd {
@@ -136,7 +139,16 @@ impl Room {
                 _ = self.ctx.shutdown.cancelled() => break,
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
-                    self.handle(cmd).await;
+                    // Whatever else is already queued is handled with it, so that a busy
+                    // document forwards one merged update per batch.
+                    let mut batch = vec![cmd];
+                    while batch.len() < INBOX_BATCH_MAX {
+                        match rx.try_recv() {
+                            Ok(cmd) => batch.push(cmd),
+                            Err(_) => break,
+                        }
+                    }
+                    self.handle_batch(batch).await;
                     if self.outboxes.is_empty() && !no_conns {
                         idle.as_mut().reset(Instant::now() + idle_timeout);
                     }
@@ -170,6 +182,51 @@ impl Room {
         tracing::debug!(room = %self.name, "room unloaded");
     }
 
+    /// Handles commands in order; consecutive frames for one document go to its session
+    /// together.
+    async fn handle_batch(&mut self, batch: Vec<RoomCmd>) {
+        let mut frames: Vec<(ConnId, Bytes)> = Vec::new();
+        let mut frames_doc: Option<Arc<str>> = None;
+        for cmd in batch {
+            match cmd {
+                RoomCmd::Frame { doc, conn, frame }
+                    if frames_doc.as_ref().is_none_or(|d| *d == doc) =>
+                {
+                    frames_doc = Some(doc);
+                    frames.push((conn, frame));
+                }
+                cmd => {
+                    if let Some(doc) = frames_doc.take() {
+                        self.receive_frames(&doc, &frames).await;
+                        frames.clear();
+                    }
+                    if let RoomCmd::Frame { doc, conn, frame } = cmd {
+                        frames_doc = Some(doc);
+                        frames.push((conn, frame));
+                    } else {
+                        self.handle(cmd).await;
+                    }
+                }
+            }
+        }
+        if let Some(doc) = frames_doc {
+            self.receive_frames(&doc, &frames).await;
+        }
+    }
+
+    async fn receive_frames(&mut self, doc: &Arc<str>, frames: &[(ConnId, Bytes)]) {
+        let mut out = Vec::new();
+        let Some(d) = self.docs.get_mut(doc) else {
+            return;
+        };
+        match frames {
+            [(conn, frame)] => d.session.receive(*conn, frame, &mut out),
+            _ => d.session.receive_many(frames, &mut out),
+        }
+        self.carry_out(doc, out);
+        self.heal_if_poisoned(doc).await;
+    }
+
     async fn handle(&mut self, cmd: RoomCmd) {
         match cmd {
             RoomCmd::Join {
@@ -182,13 +239,7 @@ impl Room {
                 let _ = reply.send(result);
             }
             RoomCmd::Frame { doc, conn, frame } => {
-                let mut out = Vec::new();
-                let Some(d) = self.docs.get_mut(&doc) else {
-                    return;
-                };
-                d.session.receive(conn, &frame, &mut out);
-                self.carry_out(&doc, out);
-                self.heal_if_poisoned(&doc).await;
+                self.receive_frames(&doc, &[(conn, frame)]).await;
             }
             RoomCmd::Leave { doc, conn } => {
                 self.outboxes.remove(&conn);

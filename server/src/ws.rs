@@ -121,7 +121,8 @@ async fn run(
             exit = stopped(app, shared) => return exit,
             () = rx.next_batch(&mut batch, WRITE_BATCH_MAX) => {
                 // A reader that stopped reading blocks this write once the socket buffers
-                // fill; the room's decision to close it must still get through.
+                // fill; the room's decision to close it must still get through (so with
+                // every write below).
                 tokio::select! {
                     biased;
                     exit = stopped(app, shared) => return exit,
@@ -159,10 +160,18 @@ async fn run(
                     return Exit::Gone;
                 }
                 heard = false;
-                let ping = socket.feed(Message::Ping(Bytes::new())).await;
-                let alive = socket.send(Message::Binary(keepalive_frame())).await;
-                if ping.is_err() || alive.is_err() {
-                    return Exit::Gone;
+                let ping = async {
+                    socket.feed(Message::Ping(Bytes::new())).await?;
+                    socket.send(Message::Binary(keepalive_frame())).await
+                };
+                tokio::select! {
+                    biased;
+                    exit = stopped(app, shared) => return exit,
+                    sent = ping => {
+                        if sent.is_err() {
+                            return Exit::Gone;
+                        }
+                    }
                 }
             }
         }
@@ -215,7 +224,8 @@ fn read_error(e: axum::Error, app: &App) -> Exit {
     Exit::Gone
 }
 
-/// Sends a close frame, waiting at most the configured close timeout for a slow peer.
+/// Sends a close frame and completes the closing handshake (except when shutting down), waiting
+/// at most the configured close timeout for a slow or silent peer.
 async fn close(socket: &mut WebSocket, app: &App, code: CloseCode, reason: &str) {
     app.ctx.metrics.count_close(code);
     let frame = CloseFrame {
@@ -223,5 +233,20 @@ async fn close(socket: &mut WebSocket, app: &App, code: CloseCode, reason: &str)
         reason: reason.into(),
     };
     let timeout: Duration = app.ctx.config.close_timeout;
-    let _ = tokio::time::timeout(timeout, socket.send(Message::Close(Some(frame)))).await;
+    let handshake = async {
+        socket.send(Message::Close(Some(frame))).await?;
+        // The closing handshake: wait for the peer's close, discarding whatever it still
+        // sends. Closing the socket with unread data would reset the connection, and the peer
+        // could lose the close frame and its reason. A shutting-down server does not wait.
+        if code == CloseCode::GoingAway {
+            return Ok(());
+        }
+        while let Some(msg) = socket.recv().await {
+            if let Message::Close(_) = msg? {
+                break;
+            }
+        }
+        Ok::<(), axum::Error>(())
+    };
+    let _ = tokio::time::timeout(timeout, handshake).await;
 }

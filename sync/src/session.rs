@@ -4,7 +4,7 @@
 //! (frames to send, updates to append to storage, connections to close) and never blocks.
 
 use bytes::Bytes;
-use roomd_crdt::{ApplyError, YDoc};
+use roomd_crdt::{Applied, ApplyError, YDoc};
 
 use crate::awareness::{self, AwarenessTable};
 use crate::lib0::write_var_u64;
@@ -200,18 +200,7 @@ impl YjsDocSession {
                     });
                 }
                 Message::Sync(SyncMessage::Step2(update) | SyncMessage::Update(update)) => {
-                    let applied = self.doc.apply_update(update).map_err(|e| {
-                        let code = match e {
-                            ApplyError::UpdateTooLarge { .. } | ApplyError::DocTooLarge { .. } => {
-                                CloseCode::TooLarge
-                            }
-                            ApplyError::Malformed(_) | ApplyError::Rejected(_) => {
-                                CloseCode::ProtocolError
-                            }
-                            ApplyError::Panicked => CloseCode::Internal,
-                        };
-                        (code, e.to_string())
-                    })?;
+                    let applied = self.apply(update)?;
                     if !applied.changed {
                         continue;
                     }
@@ -266,6 +255,86 @@ impl YjsDocSession {
         Ok(())
     }
 
+    /// Handles frames that arrived together, in order, with the same effect as calling
+    /// [`YjsDocSession::receive`] for each, except that a run of consecutive frames that each
+    /// carry one update is forwarded as a single merged update and appended once. The merged
+    /// update goes to every connection, its senders included (applying an update twice changes
+    /// nothing), so a busy document costs one frame per connection per batch instead of one
+    /// per update. An update that leaves structs waiting for missing ones ends the run and is
+    /// forwarded alone, as are updates that yrs cannot merge.
+    pub fn receive_many(&mut self, frames: &[(ConnId, Bytes)], out: &mut Vec<Output>) {
+        let mut run: Vec<(ConnId, &Bytes, Bytes)> = Vec::new();
+        for (conn, frame) in frames {
+            let conn = *conn;
+            if !self.conns.contains(&conn) {
+                continue;
+            }
+            let Some(update) = single_update(frame, self.limits.message) else {
+                self.forward_run(&mut run, out);
+                self.receive(conn, frame, out);
+                continue;
+            };
+            match self.apply(&update) {
+                Ok(applied) if !applied.changed => {}
+                Ok(applied) => {
+                    run.push((conn, frame, update));
+                    if !applied.complete {
+                        self.forward_run(&mut run, out);
+                    }
+                }
+                Err((code, reason)) => {
+                    self.forward_run(&mut run, out);
+                    out.push(Output::Disconnect {
+                        conn,
+                        code,
+                        reason: close_reason(reason),
+                    });
+                    self.close(conn, out);
+                }
+            }
+        }
+        self.forward_run(&mut run, out);
+    }
+
+    /// Appends and forwards a run of applied updates (sender, frame, update), merged when there
+    /// are several; empties `run`.
+    fn forward_run(&mut self, run: &mut Vec<(ConnId, &Bytes, Bytes)>, out: &mut Vec<Output>) {
+        if run.len() > 1 {
+            let parts: Vec<&[u8]> = run.iter().map(|(_, _, u)| u.as_ref()).collect();
+            if let Some(merged) = YDoc::merge_updates(&parts) {
+                let frame = frame_of(Message::Sync(SyncMessage::Update(&merged)));
+                out.push(Output::Append {
+                    update: Bytes::from(merged),
+                });
+                for &conn in &self.conns {
+                    out.push(Output::Send {
+                        conn,
+                        frame: frame.clone(),
+                    });
+                }
+                run.clear();
+                return;
+            }
+        }
+        for (conn, frame, update) in run.drain(..) {
+            out.push(Output::Append { update });
+            self.broadcast(conn, frame.clone(), out);
+        }
+    }
+
+    fn apply(&mut self, update: &[u8]) -> Result<Applied, (CloseCode, String)> {
+        self.doc.apply_update(update).map_err(|e| {
+            let code = match e {
+                ApplyError::UpdateTooLarge { .. } | ApplyError::DocTooLarge { .. } => {
+                    CloseCode::TooLarge
+                }
+                ApplyError::Malformed(_) | ApplyError::Rejected(_) => CloseCode::ProtocolError,
+                ApplyError::Panicked => CloseCode::Internal,
+            };
+            (code, e.to_string())
+        })
+    }
+
     fn broadcast(&self, from: ConnId, frame: Bytes, out: &mut Vec<Output>) {
         for &conn in &self.conns {
             if conn != from {
@@ -275,6 +344,14 @@ impl YjsDocSession {
                 });
             }
         }
+    }
+}
+
+/// The update of a frame that holds exactly one message, a plain sync update.
+fn single_update(frame: &Bytes, limits: MessageLimits) -> Option<Bytes> {
+    match decode_frame(frame, limits).ok()?.as_slice() {
+        [Message::Sync(SyncMessage::Update(update))] => Some(frame.slice_ref(update)),
+        _ => None,
     }
 }
 

@@ -12,7 +12,9 @@
 //! updates out of order (Yjs clients handle that correctly). The room core is one `YjsDocSession`; every `Output::Append` goes
 //! to a log that stands for storage, and the room is sometimes restarted from that log (after an
 //! optional compaction into one snapshot), as the server does when a room unloads and loads
-//! again.
+//! again. In half of the seeds, frames that reach the server in the same tick are handed to
+//! `receive_many` together (which merges runs of updates), as a room does with what has queued
+//! in its inbox.
 //!
 //! # The network model, and what the protocol can guarantee
 //!
@@ -103,6 +105,9 @@ struct Config {
     awareness: f64,
     /// Largest delay before a client reconnects, in ticks.
     reconnect_max: u64,
+    /// Frames that reach the server in the same tick go to `receive_many` together, as a room
+    /// hands over what has queued in its inbox; otherwise one by one to `receive`.
+    batch: bool,
 }
 
 impl Config {
@@ -137,6 +142,7 @@ impl Config {
             edit: rng.random_range(0.05..0.4),
             awareness: rng.random_range(0.0..0.1),
             reconnect_max: rng.random_range(1..=40),
+            batch: rng.random_bool(0.5),
         }
     }
 }
@@ -162,6 +168,8 @@ struct Stats {
     connects: u64,
     restarts: u64,
     edits: u64,
+    /// Batches of more than one frame handed to `receive_many`.
+    batches: u64,
 }
 
 impl Stats {
@@ -172,6 +180,7 @@ impl Stats {
         self.connects += o.connects;
         self.restarts += o.restarts;
         self.edits += o.edits;
+        self.batches += o.batches;
     }
 }
 
@@ -591,11 +600,35 @@ impl Sim {
                     break;
                 }
                 let event = entry.remove();
-                self.handle(event);
+                match event {
+                    Event::ToServer { conn, frame } if self.cfg.batch => {
+                        self.server_receive_batch(conn, frame);
+                    }
+                    event => self.handle(event),
+                }
             }
         }
         self.heal_and_drain();
         self.check();
+    }
+
+    /// Hands the server `frame` together with every other frame for it that is due now.
+    fn server_receive_batch(&mut self, conn: ConnId, frame: Bytes) {
+        let mut frames = vec![(conn, frame)];
+        while let Some(entry) = self.queue.first_entry() {
+            if entry.key().0 > self.now || !matches!(entry.get(), Event::ToServer { .. }) {
+                break;
+            }
+            if let Event::ToServer { conn, frame } = entry.remove() {
+                frames.push((conn, frame));
+            }
+        }
+        self.log_event(format_args!("server receives a batch of {}", frames.len()));
+        self.stats.delivered += frames.len() as u64;
+        self.stats.batches += u64::from(frames.len() > 1);
+        let mut out = Vec::new();
+        self.session.receive_many(&frames, &mut out);
+        self.carry_out(out);
     }
 
     fn heal_and_drain(&mut self) {
@@ -719,5 +752,6 @@ fn replicas_converge_under_faults() {
         assert!(total.dropped > 0 && total.duplicated > 0 && total.restarts > 0);
         assert!(total.connects > total.restarts + seeds * 2);
         assert!(total.edits > seeds * 10);
+        assert!(total.batches > seeds);
     }
 }

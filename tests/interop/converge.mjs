@@ -67,6 +67,13 @@ main('converge', async () => {
     sources: clients,
     detail: () => clients.map((c, i) => `  ${c.name}: ${c.doc.getMap('map').size} keys, ${preview(maps()[i], 100)}`).join('\n')
   })
+  // The last edits may still be on their way to some clients: every state vector must become
+  // the same (and stay so), not merely the content the assertions above look at.
+  const vectors = () => clients.map((c) => JSON.stringify(stateVector(c)))
+  await waitFor('the state vectors to converge', () => vectors().every((v) => v === vectors()[0]), {
+    sources: clients,
+    detail: () => clients.map((c, i) => `  ${c.name}: ${vectors()[i]}`).join('\n')
+  })
   const contested = clients[0].doc.getMap('map').get('contested')
   assert(/^client [0-2] round 19$/.test(contested), `the contested key holds a last-round value (got ${contested})`)
   for (const c of clients) {

@@ -121,17 +121,18 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 /// A raw WebSocket connection.
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Opens a raw WebSocket to `url`.
+/// Opens a raw WebSocket to `url` (with Nagle's algorithm off, as browsers have it).
 pub async fn connect(url: &str) -> Ws {
-    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+    let connecting = tokio_tungstenite::connect_async_with_config(url, None, true);
+    let (ws, _) = tokio::time::timeout(WAIT, connecting)
         .await
         .expect("connect timed out")
         .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
     ws
 }
 
-/// Reads until the server closes, returning the close code and reason. Binary frames before
-/// the close are skipped.
+/// Reads until the server closes, returning the close code and reason, and completes the
+/// closing handshake. Binary frames before the close are skipped.
 pub async fn expect_close(ws: &mut Ws) -> (u16, String) {
     let read = async {
         while let Some(msg) = ws.next().await {
@@ -146,9 +147,12 @@ pub async fn expect_close(ws: &mut Ws) -> (u16, String) {
         }
         panic!("connection ended without a close frame")
     };
-    tokio::time::timeout(WAIT, read)
+    let close = tokio::time::timeout(WAIT, read)
         .await
-        .expect("no close frame in time")
+        .expect("no close frame in time");
+    // Reading on sends the answering close frame; the stream then ends.
+    let _ = tokio::time::timeout(WAIT, async { while ws.next().await.is_some() {} }).await;
+    close
 }
 
 /// Sends a close frame (normal) and drains until the server answers.
