@@ -1,5 +1,6 @@
 //! The protocol's hot paths: decoding and encoding y-websocket frames, and the room core
-//! receiving one typed character and fanning it out to a room of 100 connections.
+//! receiving one typed character and fanning it out to a room of 100 connections, or a queued
+//! batch of keystrokes merged into one update for them.
 //!
 //! `cargo bench -p roomd-sync --bench codec`
 #![allow(
@@ -109,6 +110,51 @@ fn room_core(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // What a busy document's room does with a queued inbox: 10 writers' keystrokes, 64 in all,
+    // received as one batch, merged, appended once and fanned out as one frame.
+    let writers: Vec<(Doc, yrs::TextRef)> = (0..10)
+        .map(|i| {
+            let doc = Doc::with_client_id(100 + i);
+            let text = doc.get_or_insert_text(format!("text-{i}").as_str());
+            (doc, text)
+        })
+        .collect();
+    let mut typed = vec![0u32; writers.len()];
+    let mut batch = move || {
+        let frames: Vec<(ConnId, Bytes)> = (0..64)
+            .map(|k| {
+                let w = k % writers.len();
+                let (doc, text) = &writers[w];
+                let mut txn = doc.transact_mut();
+                text.insert(&mut txn, typed[w], "a");
+                typed[w] += 1;
+                let update = txn.encode_update_v1();
+                let frame = Message::Sync(SyncMessage::Update(&update)).to_vec();
+                (ConnId(w as u64), Bytes::from(frame))
+            })
+            .collect();
+        (frames, Vec::with_capacity(128))
+    };
+    g.throughput(Throughput::Elements(64));
+    g.bench_function(
+        "64 keystrokes of 10 writers merged to 100 connections",
+        |b| {
+            let mut session = YjsDocSession::new(YDoc::new(DocLimits::DEFAULT), limits);
+            let mut out = Vec::new();
+            for i in 0..100 {
+                session.open(ConnId(i), &mut out).unwrap();
+            }
+            b.iter_batched(
+                &mut batch,
+                |(frames, mut out): (Vec<(ConnId, Bytes)>, Vec<Output>)| {
+                    session.receive_many(&frames, &mut out);
+                    assert_eq!(out.len(), 101);
+                    out
+                },
+                BatchSize::SmallInput,
+            )
+        },
+    );
     g.finish();
 }
 
