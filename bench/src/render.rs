@@ -81,17 +81,14 @@ fn rows_of(step: Step) -> Vec<Row> {
             row("added_mib", "MiB added", Better::Lower),
             row("server_rss_after_mib", "server RSS (MiB)", Better::Lower),
         ],
-        Step::Replay => vec![
-            row("replay_seconds", "replay (s)", Better::Lower),
-            row("send_seconds", "writer done sending (s)", Better::Neither),
-            row("server_rss_mib", "server RSS (MiB)", Better::Lower),
-            row("server_cpu_cores", "server CPU (cores)", Better::Lower),
-            row(
-                "generator_cpu_cores",
-                "generator CPU (cores)",
-                Better::Neither,
-            ),
-        ],
+        Step::Replay => {
+            let mut rows = vec![
+                row("replay_seconds", "replay (s)", Better::Lower),
+                row("send_seconds", "writer done sending (s)", Better::Neither),
+            ];
+            rows.extend(COST);
+            rows
+        }
         Step::ColdLoad => vec![row("cold_load_ms", "cold load (ms)", Better::Lower)],
     }
 }
