@@ -89,7 +89,18 @@ fn rows_of(step: Step) -> Vec<Row> {
             rows.extend(COST);
             rows
         }
-        Step::ColdLoad => vec![row("cold_load_ms", "cold load (ms)", Better::Lower)],
+        Step::ColdLoad => vec![
+            row(
+                "cold_load_ms",
+                "cold load: state received (ms)",
+                Better::Lower,
+            ),
+            row(
+                "cold_load_applied_ms",
+                "cold load: state applied by the generator (ms)",
+                Better::Lower,
+            ),
+        ],
     }
 }
 

@@ -21,6 +21,23 @@ use roomd_crdt::trace::Trace;
 /// Connections in their handshake at once while a scenario sets up.
 const CONNECTING_MAX: usize = 64;
 
+/// The longest a scenario may take to open its connections: a server that cannot accept a
+/// crowd in this time fails the scenario rather than stall the whole comparison.
+const SETUP_MAX: Duration = Duration::from_secs(180);
+
+/// The longest a replay may take, sending and delivering.
+const REPLAY_MAX: Duration = Duration::from_secs(150);
+
+/// Opens connections, failing once [`SETUP_MAX`] has passed.
+async fn within_setup<T>(
+    what: &str,
+    open: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(SETUP_MAX, open)
+        .await
+        .map_err(|_| anyhow::anyhow!("opening {what} took longer than {SETUP_MAX:?}"))?
+}
+
 /// Idle connections share documents this many at a time (each announces its awareness
 /// state, which the server relays to the document's other connections).
 const IDLE_PEERS_PER_DOC: usize = 100;
@@ -137,11 +154,11 @@ async fn connect_peers(
         });
         handlers.push(on_update);
     }
-    let peers = futures_util::stream::iter(ids.iter().zip(handlers))
+    let open = futures_util::stream::iter(ids.iter().zip(handlers))
         .map(|(&id, on_update)| Peer::connect(target, doc, id, stats.clone(), on_update))
         .buffered(CONNECTING_MAX)
-        .try_collect()
-        .await?;
+        .try_collect();
+    let peers = within_setup(&format!("{} connections", ids.len()), open).await?;
     Ok((peers, watermarks))
 }
 
@@ -404,7 +421,7 @@ pub async fn idle(target: &Target, n: usize, server_pid: Option<u32>) -> anyhow:
     }
     let before = server_pid.map_or(0, rss_kib);
     // Connections open CONNECTING_MAX at a time, as a crowd arriving would.
-    let held: Vec<Peer> =
+    let open =
         futures_util::stream::iter(0..n)
             .map(|i| {
                 let doc = format!("{run}-{}", i % docs);
@@ -414,8 +431,8 @@ pub async fn idle(target: &Target, n: usize, server_pid: Option<u32>) -> anyhow:
                 }
             })
             .buffer_unordered(CONNECTING_MAX)
-            .try_collect()
-            .await?;
+            .try_collect::<Vec<Peer>>();
+    let held = within_setup(&format!("{n} idle connections"), open).await?;
     let after = server_pid.map_or(0, rss_kib);
     report.add("connections", n as f64);
     report.add("server_rss_before_mib", before as f64 / 1024.0);
@@ -466,19 +483,31 @@ pub async fn replay(
     let writer = Peer::connect(target, doc, 4242, stats.clone(), Box::new(|_| {})).await?;
     let cpu = CpuMeter::start(server_pid);
     let start = Instant::now();
-    for u in &updates {
-        writer.send_update(u).await?;
-    }
+    let send = async {
+        for u in &updates {
+            writer.send_update(u).await?;
+        }
+        anyhow::Ok(())
+    };
+    let sent = tokio::time::timeout(REPLAY_MAX, send).await;
     let sent_in = start.elapsed();
-    let ok = wait_for(&done, Duration::from_secs(300), || {
-        finished.load(Ordering::Acquire) == 1
-    })
-    .await;
+    let ok = match sent {
+        Ok(sent) => {
+            sent?;
+            wait_for(&done, REPLAY_MAX.saturating_sub(sent_in), || {
+                finished.load(Ordering::Acquire) == 1
+            })
+            .await
+        }
+        Err(_) => false,
+    };
     let elapsed = start.elapsed();
     let (gen_cpu, server_cpu) = cpu.stop();
     report.add("updates", updates.len() as f64);
     report.add("send_seconds", sent_in.as_secs_f64());
-    report.add("replay_seconds", elapsed.as_secs_f64());
+    if ok {
+        report.add("replay_seconds", elapsed.as_secs_f64());
+    }
     report.add("generator_cpu_cores", gen_cpu);
     report.add("server_cpu_cores", server_cpu);
     report.add(
@@ -486,23 +515,29 @@ pub async fn replay(
         server_pid.map_or(0, rss_kib) as f64 / 1024.0,
     );
     if !ok {
-        report
-            .problems
-            .push("the second client never reached the trace's end content".into());
+        report.problems.push(format!(
+            "the second client did not reach the trace's end content within {REPLAY_MAX:?}"
+        ));
     }
     writer.close().await;
     reader.close().await;
     Ok(report)
 }
 
-/// Cold load: connect to a stored document (after a restart) and time until the state is held.
+/// Cold load: connect to a stored document (after a restart) and time until the whole state
+/// has arrived (`cold_load_ms`, the server's part) and until the generator has integrated it
+/// (`cold_load_applied_ms`; the integration costs the same whichever server sent the state).
 pub async fn cold_load(target: &Target, trace: &Trace, doc: &str) -> anyhow::Result<Report> {
     let mut report = Report::new("cold_load", target);
     let stats = Arc::new(WireStats::default());
     let holder = Arc::new(std::sync::Mutex::new(Doc::with_client_id(2)));
-    let h2 = holder.clone();
+    let received = Arc::new(std::sync::Mutex::new(None::<Duration>));
+    let (h2, r2) = (holder.clone(), received.clone());
     let start = Instant::now();
     let on_update = Box::new(move |u: &[u8]| {
+        if let Ok(mut r) = r2.lock() {
+            r.get_or_insert(start.elapsed());
+        }
         if let (Ok(update), Ok(doc)) = (Update::decode_v1(u), h2.lock()) {
             let _ = doc.transact_mut().apply_update(update);
         }
@@ -516,7 +551,12 @@ pub async fn cold_load(target: &Target, trace: &Trace, doc: &str) -> anyhow::Res
         let txn = doc.transact();
         t.get_string(&txn)
     };
-    report.add("cold_load_ms", elapsed.as_secs_f64() * 1000.0);
+    let received = received
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .unwrap_or(elapsed);
+    report.add("cold_load_ms", received.as_secs_f64() * 1000.0);
+    report.add("cold_load_applied_ms", elapsed.as_secs_f64() * 1000.0);
     if text != trace.end_content {
         report.problems.push(format!(
             "loaded document has {} characters, the trace ends with {}",

@@ -80,6 +80,10 @@ pub struct YDoc {
     /// then integrate, and encode in diffs and snapshots, as the wrong items. So yrs is only
     /// handed runs that continue the document, and whatever it leaves pending is taken back.
     waiting: Vec<Vec<u8>>,
+    /// The snapshot this document was loaded from, while nothing has changed since: the
+    /// answer to a diff against an empty state vector (a newcomer's step 1), served without
+    /// encoding the document again.
+    loaded_from: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for YDoc {
@@ -104,7 +108,18 @@ impl YDoc {
             bytes_estimate: 0,
             poisoned: false,
             waiting: Vec::new(),
+            loaded_from: None,
         }
+    }
+
+    /// A document loaded from a snapshot (one v1 update holding a whole document). Until the
+    /// document changes, a diff against an empty state vector is the snapshot itself.
+    pub fn from_snapshot(limits: DocLimits, snapshot: &[u8]) -> Result<YDoc, ApplyError> {
+        let mut doc = YDoc::new(limits);
+        doc.apply_update(snapshot)?;
+        doc.rebase_size(snapshot.len());
+        doc.loaded_from = Some(snapshot.to_vec());
+        Ok(doc)
     }
 
     /// The limits this document enforces.
@@ -160,12 +175,14 @@ impl YDoc {
             Ok(Ok(applied)) => {
                 if applied.changed {
                     self.bytes_estimate = grown;
+                    self.loaded_from = None;
                 }
                 Ok(applied)
             }
             Ok(Err(e)) => Err(e),
             Err(_) => {
                 self.poisoned = true;
+                self.loaded_from = None;
                 Err(ApplyError::Panicked)
             }
         }
@@ -184,11 +201,17 @@ impl YDoc {
         let sv = catch_unwind(|| StateVector::decode_v1(state_vector))
             .map_err(|_| DecodeError::Panicked)?
             .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        if let (true, Some(snapshot)) = (sv.is_empty(), &self.loaded_from) {
+            return Ok(snapshot.clone());
+        }
         Ok(self.with_waiting(self.doc.transact().encode_state_as_update_v1(&sv)))
     }
 
     /// The whole document as one v1 update, pending structs included.
     pub fn snapshot(&self) -> Vec<u8> {
+        if let Some(snapshot) = &self.loaded_from {
+            return snapshot.clone();
+        }
         self.with_waiting(
             self.doc
                 .transact()
@@ -459,6 +482,31 @@ mod tests {
         assert_eq!(other.text("t"), "abc");
         assert_eq!(other.state_vector(), server.state_vector());
         assert!(server.diff(&[0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn a_loaded_snapshot_answers_newcomers_until_the_document_changes() {
+        let mut source = YDoc::new(DocLimits::DEFAULT);
+        source.apply_update(&edit(1, "abc")).unwrap();
+        let snapshot = source.snapshot();
+        let mut loaded = YDoc::from_snapshot(DocLimits::DEFAULT, &snapshot).unwrap();
+        let empty = StateVector::default().encode_v1();
+        assert_eq!(loaded.diff(&empty).unwrap(), snapshot);
+        assert_eq!(loaded.snapshot(), snapshot);
+        // A known state vector still gets a real diff.
+        assert!(loaded.diff(&loaded.state_vector()).unwrap().len() < snapshot.len());
+        // A duplicate changes nothing; a new edit ends the shortcut.
+        loaded.apply_update(&edit(1, "abc")).unwrap();
+        assert_eq!(loaded.diff(&empty).unwrap(), snapshot);
+        loaded.apply_update(&edit(2, "xyz")).unwrap();
+        let mut newcomer = YDoc::new(DocLimits::DEFAULT);
+        newcomer
+            .apply_update(&loaded.diff(&empty).unwrap())
+            .unwrap();
+        assert_eq!(newcomer.text("t"), loaded.text("t"));
+        assert_eq!(newcomer.text("t").len(), 6);
+        assert_eq!(newcomer.snapshot(), loaded.snapshot());
+        assert!(YDoc::from_snapshot(DocLimits::DEFAULT, &[0xff, 0xff]).is_err());
     }
 
     #[test]

@@ -25,10 +25,15 @@ pub struct Limits {
     pub room_inbox_messages_max: usize,
     /// Awareness states one connection may announce (default 16).
     pub awareness_states_per_conn_max: usize,
-    /// Sustained messages per second accepted from one connection (default 10,000).
+    /// Sustained messages per second read from one connection (default 50,000). A faster
+    /// writer is throttled: its connection stops reading until the rate allows more, and TCP
+    /// backpressure slows the writer.
     pub conn_messages_per_sec_max: u32,
-    /// Burst of messages above the sustained rate (default 20,000).
+    /// Burst of messages above the sustained rate (default 100,000).
     pub conn_messages_burst_max: u32,
+    /// How long a connection may stay throttled without a pause before it is closed as a
+    /// flood (default 10 s).
+    pub conn_throttled_max: Duration,
     /// Read buffer of a WebSocket connection, in bytes (default 256): the most read from the
     /// socket at once. A large message grows the buffer to its size, and idle connections stay
     /// cheap; a larger value means fewer reads for large messages and more memory per
@@ -48,8 +53,9 @@ impl Default for Limits {
             outbox_bytes_max: 32 * 1024 * 1024,
             room_inbox_messages_max: 4_096,
             awareness_states_per_conn_max: 16,
-            conn_messages_per_sec_max: 10_000,
-            conn_messages_burst_max: 20_000,
+            conn_messages_per_sec_max: 50_000,
+            conn_messages_burst_max: 100_000,
+            conn_throttled_max: Duration::from_secs(10),
             ws_read_buffer_bytes: 256,
         }
     }
@@ -118,6 +124,9 @@ impl Config {
         }
         if l.outbox_bytes_max < l.message_bytes_max {
             return Err("outbox_bytes_max must be at least message_bytes_max".into());
+        }
+        if l.conn_messages_per_sec_max == 0 || l.conn_messages_burst_max == 0 {
+            return Err("the message rate and burst must be positive".into());
         }
         if l.outbox_messages_max == 0 || l.room_inbox_messages_max == 0 {
             return Err("queue bounds must be positive".into());

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub frames_received_total: AtomicU64,
     /// Frames queued to clients.
     pub frames_sent_total: AtomicU64,
+    /// Times a connection stopped reading because it sent faster than its message rate.
+    pub reads_throttled_total: AtomicU64,
     /// Updates accepted and appended to a log.
     pub updates_appended_total: AtomicU64,
     /// Log compactions completed.
@@ -93,6 +95,12 @@ impl Metrics {
             "counter",
             "Frames queued to clients.",
             get(&self.frames_sent_total),
+        );
+        metric(
+            "roomd_reads_throttled_total",
+            "counter",
+            "Times a connection stopped reading because it sent faster than its message rate.",
+            get(&self.reads_throttled_total),
         );
         metric(
             "roomd_updates_appended_total",

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::outbox::{Outbox, PushError};
 use crate::registry::Rooms;
-use crate::store::{DocKey, StoreError};
+use crate::store::{DocKey, StoreError, StoredDoc};
 use crate::AppCtx;
 
 /// Commands a room task takes from its inbox at once, at most.
@@ -286,23 +286,29 @@ impl Room {
     }
 
     async fn load_doc(&self, doc: &str) -> Result<DocState, StoreError> {
+        let started = std::time::Instant::now();
         let key = DocKey::new(&self.name, doc);
         let store = self.ctx.store.clone();
         let k = key.clone();
-        let stored = tokio::task::spawn_blocking(move || store.load(&k))
-            .await
-            .map_err(|_| StoreError::Corrupt("load task failed".into()))??;
-        let mut ydoc = YDoc::new(self.doc_limits());
-        let parts = stored.snapshot.iter().chain(stored.log.iter());
-        for (i, update) in parts.enumerate() {
-            if let Err(e) = ydoc.apply_update(update) {
-                // Stored updates were accepted once; this means the limits shrank or storage
-                // was damaged. Serve what can be served and say so.
-                tracing::error!(room = %self.name, doc, part = i, error = %e, "stored update not applied");
-            }
-        }
-        let snapshot_bytes = stored.snapshot.as_ref().map_or(0, Bytes::len);
-        ydoc.rebase_size(snapshot_bytes + stored.log_bytes);
+        let limits = self.doc_limits();
+        let room = self.name.clone();
+        let name: Arc<str> = doc.into();
+        // Reading and integrating a large document takes milliseconds: off the room's worker.
+        let (stored, ydoc) = tokio::task::spawn_blocking(move || {
+            let stored = store.load(&k)?;
+            let ydoc = build_doc(&stored, limits, &room, &name);
+            Ok::<_, StoreError>((stored, ydoc))
+        })
+        .await
+        .map_err(|_| StoreError::Corrupt("load task failed".into()))??;
+        tracing::debug!(
+            room = %self.name,
+            doc,
+            snapshot_bytes = stored.snapshot.as_ref().map_or(0, Bytes::len),
+            log_updates = stored.log.len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "document loaded"
+        );
         Ok(DocState {
             session: YjsDocSession::new(ydoc, self.session_limits()),
             key,
@@ -444,6 +450,32 @@ impl Room {
             Err(e) => tracing::error!(room = %self.name, error = %e, "flush task failed"),
         }
     }
+}
+
+/// Rebuilds a document from its stored snapshot and log.
+fn build_doc(stored: &StoredDoc, limits: DocLimits, room: &str, doc: &str) -> YDoc {
+    let mut ydoc = match (&stored.snapshot, stored.log.is_empty()) {
+        // The common case after a restart or an unload: one snapshot, nothing after it.
+        (Some(snapshot), true) => YDoc::from_snapshot(limits, snapshot).unwrap_or_else(|e| {
+            tracing::error!(room, doc, error = %e, "stored snapshot not applied");
+            YDoc::new(limits)
+        }),
+        _ => {
+            let mut ydoc = YDoc::new(limits);
+            let parts = stored.snapshot.iter().chain(stored.log.iter());
+            for (i, update) in parts.enumerate() {
+                if let Err(e) = ydoc.apply_update(update) {
+                    // Stored updates were accepted once; this means the limits shrank or
+                    // storage was damaged. Serve what can be served and say so.
+                    tracing::error!(room, doc, part = i, error = %e, "stored update not applied");
+                }
+            }
+            ydoc
+        }
+    };
+    let snapshot_bytes = stored.snapshot.as_ref().map_or(0, Bytes::len);
+    ydoc.rebase_size(snapshot_bytes + stored.log_bytes);
+    ydoc
 }
 
 /// Starts folding the document's log into a snapshot in the background, unless a previous

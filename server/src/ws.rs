@@ -19,35 +19,64 @@ use crate::App;
 /// Frames written to the socket before one flush, at most.
 const WRITE_BATCH_MAX: usize = 64;
 
-/// A token bucket: `rate` messages per second, with bursts of up to `burst`.
+/// A token bucket that throttles a connection: `rate` messages per second, bursts of up to
+/// `burst`. A message that empties the bucket makes the connection stop reading until a token
+/// is back, so a fast writer is slowed by TCP backpressure rather than cut off; one that keeps
+/// the bucket empty for longer than `throttled_max` is closed.
 #[derive(Debug)]
 struct RateLimit {
     rate: f64,
     burst: f64,
     tokens: f64,
     last: Instant,
+    throttled_max: Duration,
+    /// When the current run of throttled reads began: every read since found the bucket
+    /// without a spare token, so the peer has been sending faster than the rate.
+    throttled_since: Option<Instant>,
+}
+
+/// What the connection does after a message.
+#[derive(Debug, PartialEq)]
+enum Admit {
+    /// Read the next message at once.
+    Go,
+    /// Stop reading until this instant.
+    WaitUntil(Instant),
+    /// The peer has sent faster than the rate for longer than allowed.
+    Close,
 }
 
 impl RateLimit {
-    fn new(rate: u32, burst: u32, now: Instant) -> RateLimit {
+    fn new(rate: u32, burst: u32, throttled_max: Duration, now: Instant) -> RateLimit {
         RateLimit {
-            rate: f64::from(rate),
+            rate: f64::from(rate.max(1)),
             burst: f64::from(burst.max(1)),
             tokens: f64::from(burst.max(1)),
             last: now,
+            throttled_max,
+            throttled_since: None,
         }
     }
 
-    fn allow(&mut self, now: Instant) -> bool {
+    /// Takes a token for a message read at `now`.
+    fn admit(&mut self, now: Instant) -> Admit {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
+        if self.tokens >= 2.0 {
+            // A spare token: the peer paused long enough to fall below the rate.
+            self.throttled_since = None;
         }
+        self.tokens -= 1.0;
+        if self.tokens >= 1.0 {
+            return Admit::Go;
+        }
+        let since = *self.throttled_since.get_or_insert(now);
+        if now.saturating_duration_since(since) > self.throttled_max {
+            return Admit::Close;
+        }
+        let wait = (1.0 - self.tokens) / self.rate;
+        Admit::WaitUntil(now + Duration::from_secs_f64(wait))
     }
 }
 
@@ -104,28 +133,36 @@ async fn run(
     shared: &ConnShared,
 ) -> Exit {
     let config = &app.ctx.config;
+    let limits = &config.limits;
     let mut rate = RateLimit::new(
-        config.limits.conn_messages_per_sec_max,
-        config.limits.conn_messages_burst_max,
+        limits.conn_messages_per_sec_max,
+        limits.conn_messages_burst_max,
+        limits.conn_throttled_max,
         Instant::now(),
     );
     let period = config.keepalive_interval;
     let mut keepalive = tokio::time::interval_at(Instant::now() + period, period);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard = true;
+    // Set while the rate limit holds reading back.
+    let mut resume_at: Option<Instant> = None;
+    // One future for the connection's life, polled by every select below: the room's decision
+    // to close it, or the server's shutdown.
+    let stop = stopped(app, shared);
+    tokio::pin!(stop);
     loop {
         // Allocated only when frames are waiting, and released after they are written.
         let mut batch = Vec::new();
         tokio::select! {
             biased;
-            exit = stopped(app, shared) => return exit,
+            exit = &mut stop => return exit,
             () = rx.next_batch(&mut batch, WRITE_BATCH_MAX) => {
                 // A reader that stopped reading blocks this write once the socket buffers
                 // fill; the room's decision to close it must still get through (so with
                 // every write below).
                 tokio::select! {
                     biased;
-                    exit = stopped(app, shared) => return exit,
+                    exit = &mut stop => return exit,
                     written = write_batch(socket, &mut batch) => {
                         if written.is_err() {
                             return Exit::Gone;
@@ -133,12 +170,24 @@ async fn run(
                     }
                 }
             }
-            msg = socket.recv() => {
+            () = sleep_until_some(resume_at), if resume_at.is_some() => {
+                resume_at = None;
+                // Held back, not silent: the peer was sending.
+                heard = true;
+            }
+            msg = socket.recv(), if resume_at.is_none() => {
                 heard = true;
                 match msg {
                     Some(Ok(Message::Binary(frame))) => {
-                        if !rate.allow(Instant::now()) {
-                            return Exit::Close(CloseCode::RateLimited, "message rate limit exceeded".into());
+                        match rate.admit(Instant::now()) {
+                            Admit::Go => {}
+                            Admit::WaitUntil(t) => {
+                                app.ctx.metrics.reads_throttled_total.fetch_add(1, Ordering::Relaxed);
+                                resume_at = Some(t);
+                            }
+                            Admit::Close => {
+                                return Exit::Close(CloseCode::RateLimited, "message rate limit exceeded".into());
+                            }
                         }
                         app.ctx.metrics.frames_received_total.fetch_add(1, Ordering::Relaxed);
                         let cmd = RoomCmd::Frame { doc: doc.clone(), conn, frame };
@@ -166,7 +215,7 @@ async fn run(
                 };
                 tokio::select! {
                     biased;
-                    exit = stopped(app, shared) => return exit,
+                    exit = &mut stop => return exit,
                     sent = ping => {
                         if sent.is_err() {
                             return Exit::Gone;
@@ -175,6 +224,14 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no instant.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -249,4 +306,55 @@ async fn close(socket: &mut WebSocket, app: &App, code: CloseCode, reason: &str)
         Ok::<(), axum::Error>(())
     };
     let _ = tokio::time::timeout(timeout, handshake).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_passes_then_reading_waits_for_the_rate() {
+        let t0 = Instant::now();
+        let mut rate = RateLimit::new(100, 3, Duration::from_secs(1), t0);
+        assert_eq!(rate.admit(t0), Admit::Go);
+        assert_eq!(rate.admit(t0), Admit::Go);
+        // The third message empties the bucket: the next token is 10 ms away.
+        assert_eq!(
+            rate.admit(t0),
+            Admit::WaitUntil(t0 + Duration::from_millis(10))
+        );
+        let t1 = t0 + Duration::from_millis(10);
+        assert_eq!(
+            rate.admit(t1),
+            Admit::WaitUntil(t1 + Duration::from_millis(10))
+        );
+    }
+
+    #[test]
+    fn only_a_sustained_excess_closes() {
+        let t0 = Instant::now();
+        let mut rate = RateLimit::new(100, 1, Duration::from_millis(100), t0);
+        let mut now = t0;
+        let mut reads = 0;
+        // Reading as soon as allowed, as a writer with a backlog does.
+        loop {
+            match rate.admit(now) {
+                Admit::WaitUntil(t) => now = t,
+                Admit::Go => unreachable!("a burst of one never passes a second message"),
+                Admit::Close => break,
+            }
+            reads += 1;
+            assert!(reads < 100, "never closed");
+        }
+        assert!(now - t0 > Duration::from_millis(100));
+        // A pause long enough to refill a spare token starts the count again.
+        let mut rate = RateLimit::new(100, 2, Duration::from_millis(100), t0);
+        let mut now = t0;
+        for _ in 0..50 {
+            match rate.admit(now) {
+                Admit::Close => panic!("a writer that pauses is not a flood"),
+                Admit::Go | Admit::WaitUntil(_) => now += Duration::from_millis(25),
+            }
+        }
+    }
 }

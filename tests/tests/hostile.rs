@@ -2,6 +2,7 @@
 //! while the server stays healthy and honest clients keep their document.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::SinkExt;
@@ -193,6 +194,8 @@ async fn a_flood_is_rate_limited() {
     let server = TestServer::start_with(|c: &mut Config| {
         c.limits.conn_messages_per_sec_max = 100;
         c.limits.conn_messages_burst_max = 200;
+        // 800 messages over the burst take 8 s at the rate: a flood, not a fast writer.
+        c.limits.conn_throttled_max = Duration::from_millis(300);
     })
     .await;
     let (mut a, mut b) = honest_pair(&server).await;
@@ -204,6 +207,39 @@ async fn a_flood_is_rate_limited() {
     }
     let (code, _) = expect_close(&mut evil).await;
     assert_eq!(code, CloseCode::RateLimited.code());
+    assert_unharmed(&server, &mut a, &mut b, 0).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_fast_writer_is_throttled_not_closed() {
+    let server = TestServer::start_with(|c: &mut Config| {
+        c.limits.conn_messages_per_sec_max = 1_000;
+        c.limits.conn_messages_burst_max = 100;
+    })
+    .await;
+    let (mut a, mut b) = honest_pair(&server).await;
+    let mut fast = YClient::connect(&server.doc_url("r", "d"), 77).await;
+    let started = std::time::Instant::now();
+    // 1,500 updates without waiting for any: 1,400 over the burst at 1,000 a second.
+    for i in 0..1_500 {
+        fast.insert("fast", i, "x").await;
+    }
+    b.until(|c| c.text("fast").len() == 1_500).await;
+    // Throttled: the last update cannot have been read before the rate allowed it...
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_350),
+        "1,500 messages read in {:?}",
+        started.elapsed()
+    );
+    // ...but the writer was not closed: it still round-trips, and nothing was lost.
+    fast.round_trip().await;
+    assert_eq!(fast.text("fast").len(), 1_500);
+    let throttled = server
+        .metrics()
+        .reads_throttled_total
+        .load(Ordering::Relaxed);
+    assert!(throttled > 0, "never throttled");
     assert_unharmed(&server, &mut a, &mut b, 0).await;
     server.stop().await;
 }
