@@ -12,9 +12,6 @@ use roomd_sync::CloseCode;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// A drained queue keeps at most this many slots of capacity; more is released.
-const KEEP_SLOTS: usize = 8;
-
 #[derive(Debug, Default)]
 struct Queue {
     frames: VecDeque<Bytes>,
@@ -31,7 +28,8 @@ pub struct ConnShared {
     queue: Mutex<Queue>,
     /// Woken when frames are queued (a permit is kept if the writer is busy).
     ready: Notify,
-    /// Cancelled when the server decides to close the connection.
+    /// Cancelled when the server decides to close the connection, or shuts down (it is a
+    /// child of the server's shutdown token, so one wait covers both).
     pub closing: CancellationToken,
     /// Why the server closes it (the first reason wins).
     pub close_reason: OnceLock<(CloseCode, String)>,
@@ -79,9 +77,17 @@ pub struct OutboxRx {
 }
 
 impl Outbox {
-    /// A new outbox bounded by `messages_max` frames and `bytes_max` bytes.
-    pub fn new(messages_max: usize, bytes_max: usize) -> (Outbox, OutboxRx, Arc<ConnShared>) {
-        let shared = Arc::new(ConnShared::default());
+    /// A new outbox bounded by `messages_max` frames and `bytes_max` bytes, whose closing
+    /// token is cancelled with `parent`.
+    pub fn new(
+        messages_max: usize,
+        bytes_max: usize,
+        parent: &CancellationToken,
+    ) -> (Outbox, OutboxRx, Arc<ConnShared>) {
+        let shared = Arc::new(ConnShared {
+            closing: parent.child_token(),
+            ..ConnShared::default()
+        });
         (
             Outbox {
                 shared: shared.clone(),
@@ -132,24 +138,27 @@ impl Outbox {
 }
 
 impl OutboxRx {
-    /// Waits until frames are queued, then moves up to `max` of them into `batch`.
-    /// Cancel-safe: nothing is taken before the wait completes.
-    pub async fn next_batch(&mut self, batch: &mut Vec<Bytes>, max: usize) {
+    /// Waits until frames are queued, then moves up to `max` of them into `batch` (which
+    /// should be empty). When the whole queue fits, its storage moves too, and the queue is
+    /// left holding none. Cancel-safe: nothing is taken before the wait completes.
+    pub async fn next_batch(&mut self, batch: &mut VecDeque<Bytes>, max: usize) {
         loop {
             {
                 let mut q = self.shared.queue();
                 if !q.frames.is_empty() {
-                    let n = q.frames.len().min(max);
-                    batch.extend(q.frames.drain(..n));
-                    for frame in &batch[batch.len() - n..] {
+                    let start = batch.len();
+                    if batch.is_empty() && q.frames.len() <= max {
+                        *batch = std::mem::take(&mut q.frames);
+                    } else {
+                        let n = q.frames.len().min(max);
+                        batch.extend(q.frames.drain(..n));
+                    }
+                    for frame in batch.range(start..) {
                         if frame.len() > self.bytes_max {
                             q.oversized = false;
                         } else {
                             q.bytes -= frame.len();
                         }
-                    }
-                    if q.frames.is_empty() && q.frames.capacity() > KEEP_SLOTS {
-                        q.frames = VecDeque::new();
                     }
                     return;
                 }
@@ -175,7 +184,7 @@ mod tests {
 
     #[tokio::test]
     async fn bounds_and_batches() {
-        let (tx, mut rx, _) = Outbox::new(3, 10);
+        let (tx, mut rx, _) = Outbox::new(3, 10, &CancellationToken::new());
         // A frame larger than the budget goes through behind small ones, outside the budget,
         // but only one at a time.
         tx.push(Bytes::from_static(b"ab")).unwrap();
@@ -184,7 +193,7 @@ mod tests {
             tx.push(Bytes::from_static(b"0123456789xyz")),
             Err(PushError::Full)
         );
-        let mut batch = Vec::new();
+        let mut batch = VecDeque::new();
         rx.next_batch(&mut batch, 8).await;
         assert_eq!(batch.len(), 2);
         batch.clear();
@@ -206,9 +215,9 @@ mod tests {
 
     #[tokio::test]
     async fn wakes_a_waiting_writer() {
-        let (tx, mut rx, _) = Outbox::new(8, 1024);
+        let (tx, mut rx, _) = Outbox::new(8, 1024, &CancellationToken::new());
         let writer = tokio::spawn(async move {
-            let mut batch = Vec::new();
+            let mut batch = VecDeque::new();
             rx.next_batch(&mut batch, 8).await;
             batch
         });
