@@ -424,7 +424,16 @@ pub fn versions(programs: &Programs, kinds: &[Kind]) -> String {
             Kind::Roomd => output(&programs.roomd, "--version"),
             Kind::YWebsocket => format!("y-websocket {}", npm_version("y-websocket")),
             Kind::Hocuspocus => format!("@hocuspocus/server {}", npm_version("@hocuspocus/server")),
-            Kind::YSweet => output(&programs.peers.join("y-sweet/bin/y-sweet"), "--version"),
+            // y-sweet has no --version; cargo install records what it installed.
+            Kind::YSweet => std::fs::read_to_string(programs.peers.join("y-sweet/.crates.toml"))
+                .ok()
+                .and_then(|text| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix("\"y-sweet "))
+                        .and_then(|rest| rest.split(' ').next())
+                        .map(|v| format!("y-sweet {v}"))
+                })
+                .unwrap_or_else(|| "y-sweet ?".into()),
         })
         .collect();
     format!(
