@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use roomd_crdt::{DocLimits, YDoc};
-use roomd_sync::{CloseCode, ConnId, MessageLimits, Output, SessionLimits, YjsDocSession};
+use roomd_sync::{
+    CloseCode, ConnId, Message, MessageLimits, Output, SessionLimits, SyncMessage, YjsDocSession,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -71,6 +73,18 @@ struct DocState {
     compaction: Option<JoinHandle<()>>,
 }
 
+/// A document being integrated on a blocking thread. Its connections have joined already: a
+/// newcomer's step 1 with an empty state vector is answered from the stored snapshot at once,
+/// and everything else waits here, in order, until the document is ready.
+struct Loading {
+    /// The stored snapshot, when it is the whole document (nothing logged after it).
+    snapshot: Option<Bytes>,
+    /// Connections that joined while it loads, in order.
+    joined: Vec<ConnId>,
+    /// Frames and leaves that arrived while it loads, in order.
+    queued: Vec<RoomCmd>,
+}
+
 /// A room task's state.
 pub struct Room {
     name: Arc<str>,
@@ -78,6 +92,11 @@ pub struct Room {
     ctx: Arc<AppCtx>,
     rooms: Arc<Rooms>,
     docs: HashMap<Arc<str>, DocState>,
+    loading: HashMap<Arc<str>, Loading>,
+    /// Documents integrated by their blocking task, ready to serve. The channel holds at most
+    /// one message per document loading, so at most `room_docs_max`.
+    loaded_tx: mpsc::Sender<(Arc<str>, DocState)>,
+    loaded_rx: mpsc::Receiver<(Arc<str>, DocState)>,
     outboxes: HashMap<ConnId, Outbox>,
 }
 
@@ -86,6 +105,7 @@ impl std::fmt::Debug for Room {
         f.debug_struct("Room")
             .field("name", &self.name)
             .field("docs", &self.docs.len())
+            .field("loading", &self.loading.len())
             .field("conns", &self.outboxes.len())
             .finish()
     }
@@ -94,12 +114,16 @@ impl std::fmt::Debug for Room {
 impl Room {
     /// A room with nothing loaded yet.
     pub fn new(name: Arc<str>, generation: u64, ctx: Arc<AppCtx>, rooms: Arc<Rooms>) -> Room {
+        let (loaded_tx, loaded_rx) = mpsc::channel(ctx.config.limits.room_docs_max.max(1));
         Room {
             name,
             generation,
             ctx,
             rooms,
             docs: HashMap::new(),
+            loading: HashMap::new(),
+            loaded_tx,
+            loaded_rx,
             outboxes: HashMap::new(),
         }
     }
@@ -152,6 +176,9 @@ impl Room {
                     if self.outboxes.is_empty() && !no_conns {
                         idle.as_mut().reset(Instant::now() + idle_timeout);
                     }
+                }
+                Some((doc, state)) = self.loaded_rx.recv() => {
+                    self.install(doc, state).await;
                 }
                 _ = &mut idle, if no_conns => {
                     // Fold and flush everything while still registered, then leave the
@@ -215,6 +242,12 @@ impl Room {
     }
 
     async fn receive_frames(&mut self, doc: &Arc<str>, frames: &[(ConnId, Bytes)]) {
+        if self.loading.contains_key(doc) {
+            for (conn, frame) in frames {
+                self.defer_frame(doc, *conn, frame.clone());
+            }
+            return;
+        }
         let mut out = Vec::new();
         let Some(d) = self.docs.get_mut(doc) else {
             return;
@@ -243,6 +276,11 @@ impl Room {
             }
             RoomCmd::Leave { doc, conn } => {
                 self.outboxes.remove(&conn);
+                if let Some(l) = self.loading.get_mut(&doc) {
+                    // Its frames queued before it wait for the document, and so does its leave.
+                    l.queued.push(RoomCmd::Leave { doc, conn });
+                    return;
+                }
                 let mut out = Vec::new();
                 if let Some(d) = self.docs.get_mut(&doc) {
                     d.session.close(conn, &mut out);
@@ -253,22 +291,30 @@ impl Room {
     }
 
     async fn join(&mut self, doc: Arc<str>, conn: ConnId, outbox: Outbox) -> Result<(), JoinError> {
+        if let Some(l) = self.loading.get_mut(&doc) {
+            l.joined.push(conn);
+            self.outboxes.insert(conn, outbox);
+            return Ok(());
+        }
         if !self.docs.contains_key(&doc) {
-            if self.docs.len() >= self.ctx.config.limits.room_docs_max {
+            if self.docs.len() + self.loading.len() >= self.ctx.config.limits.room_docs_max {
                 self.evict_unused_docs().await;
             }
-            if self.docs.len() >= self.ctx.config.limits.room_docs_max {
+            if self.docs.len() + self.loading.len() >= self.ctx.config.limits.room_docs_max {
                 return Err(JoinError::Refused(
                     CloseCode::TryAgain,
                     "too many documents open in this room".into(),
                 ));
             }
-            let state = self.load_doc(&doc).await.map_err(|e| {
+            self.start_loading(&doc).await.map_err(|e| {
                 tracing::error!(room = %self.name, %doc, error = %e, "loading document failed");
                 JoinError::Refused(CloseCode::Internal, "document could not be loaded".into())
             })?;
-            self.docs.insert(doc.clone(), state);
-            self.ctx.metrics.docs_loaded.fetch_add(1, Ordering::Relaxed);
+            if let Some(l) = self.loading.get_mut(&doc) {
+                l.joined.push(conn);
+                self.outboxes.insert(conn, outbox);
+            }
+            return Ok(());
         }
         let mut out = Vec::new();
         let Some(d) = self.docs.get_mut(&doc) else {
@@ -285,37 +331,151 @@ impl Room {
         Ok(())
     }
 
-    async fn load_doc(&self, doc: &str) -> Result<DocState, StoreError> {
-        let started = std::time::Instant::now();
+    /// Reads a document from storage, then integrates it on a blocking thread while the room
+    /// goes on; [`Room::install`] takes it when it is ready.
+    async fn start_loading(&mut self, doc: &Arc<str>) -> Result<(), StoreError> {
         let key = DocKey::new(&self.name, doc);
         let store = self.ctx.store.clone();
         let k = key.clone();
-        let limits = self.doc_limits();
-        let room = self.name.clone();
-        let name: Arc<str> = doc.into();
-        // Reading and integrating a large document takes milliseconds: off the room's worker.
-        let (stored, ydoc) = tokio::task::spawn_blocking(move || {
-            let stored = store.load(&k)?;
-            let ydoc = build_doc(&stored, limits, &room, &name);
-            Ok::<_, StoreError>((stored, ydoc))
+        let stored = tokio::task::spawn_blocking(move || store.load(&k))
+            .await
+            .map_err(|_| StoreError::Corrupt("load task failed".into()))??;
+        let snapshot = match (&stored.snapshot, stored.log.is_empty()) {
+            (Some(snapshot), true) => Some(snapshot.clone()),
+            _ => None,
+        };
+        self.loading.insert(
+            doc.clone(),
+            Loading {
+                snapshot,
+                joined: Vec::new(),
+                queued: Vec::new(),
+            },
+        );
+        let build = self.doc_builder(doc);
+        let (name, tx) = (doc.clone(), self.loaded_tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let state = build(key, &stored);
+            // The channel has room for every document loading; a room that has gone no
+            // longer wants it.
+            let _ = tx.try_send((name, state));
+        });
+        Ok(())
+    }
+
+    /// A frame for a document still loading: a newcomer's empty step 1 is answered from the
+    /// stored snapshot now; anything else waits for the document.
+    fn defer_frame(&mut self, doc: &Arc<str>, conn: ConnId, frame: Bytes) {
+        let queue_max = self.ctx.config.limits.room_inbox_messages_max;
+        let message_limits = self.session_limits().message;
+        let Some(l) = self.loading.get_mut(doc) else {
+            return;
+        };
+        if let Some(snapshot) = &l.snapshot {
+            let empty_step1 = matches!(
+                roomd_sync::decode_frame(&frame, message_limits).as_deref(),
+                Ok([Message::Sync(SyncMessage::Step1(sv))]) if *sv == [0]
+            );
+            if empty_step1 {
+                let reply = Message::Sync(SyncMessage::Step2(snapshot)).to_vec();
+                self.carry_out(
+                    doc,
+                    vec![Output::Send {
+                        conn,
+                        frame: reply.into(),
+                    }],
+                );
+                return;
+            }
+        }
+        if l.queued.len() >= queue_max {
+            tracing::info!(room = %self.name, %doc, conn = conn.0, "too much sent while the document loads");
+            if let Some(outbox) = self.outboxes.remove(&conn) {
+                outbox.close(CloseCode::TryAgain, "document still loading: retry");
+            }
+            return;
+        }
+        l.queued.push(RoomCmd::Frame {
+            doc: doc.clone(),
+            conn,
+            frame,
+        });
+    }
+
+    /// Takes a document its blocking task has integrated: opens the connections that joined
+    /// meanwhile, then handles what they sent, in order.
+    async fn install(&mut self, doc: Arc<str>, state: DocState) {
+        let Some(loading) = self.loading.remove(&doc) else {
+            return;
+        };
+        self.docs.insert(doc.clone(), state);
+        self.ctx.metrics.docs_loaded.fetch_add(1, Ordering::Relaxed);
+        for conn in loading.joined {
+            if !self.outboxes.contains_key(&conn) {
+                // Gone (or closed) before the document was ready; its leave is queued.
+                continue;
+            }
+            let mut out = Vec::new();
+            let Some(d) = self.docs.get_mut(&doc) else {
+                return;
+            };
+            if let Err(code) = d.session.open(conn, &mut out) {
+                if let Some(outbox) = self.outboxes.remove(&conn) {
+                    outbox.close(code, "too many connections to this document");
+                }
+                continue;
+            }
+            self.carry_out(&doc, out);
+        }
+        self.handle_batch(loading.queued).await;
+    }
+
+    /// Waits for every document still loading and installs it.
+    async fn finish_loading(&mut self) {
+        while !self.loading.is_empty() {
+            match self.loaded_rx.recv().await {
+                Some((doc, state)) => self.install(doc, state).await,
+                None => break,
+            }
+        }
+    }
+
+    /// Reads and integrates a document, both on a blocking thread (used to rebuild one).
+    async fn load_doc(&self, doc: &str) -> Result<DocState, StoreError> {
+        let key = DocKey::new(&self.name, doc);
+        let store = self.ctx.store.clone();
+        let build = self.doc_builder(doc);
+        tokio::task::spawn_blocking(move || {
+            let stored = store.load(&key)?;
+            Ok(build(key, &stored))
         })
         .await
-        .map_err(|_| StoreError::Corrupt("load task failed".into()))??;
-        tracing::debug!(
-            room = %self.name,
-            doc,
-            snapshot_bytes = stored.snapshot.as_ref().map_or(0, Bytes::len),
-            log_updates = stored.log.len(),
-            ms = started.elapsed().as_secs_f64() * 1e3,
-            "document loaded"
-        );
-        Ok(DocState {
-            session: YjsDocSession::new(ydoc, self.session_limits()),
-            key,
-            next_seq: stored.next_seq,
-            log_bytes: stored.log_bytes,
-            compaction: None,
-        })
+        .map_err(|_| StoreError::Corrupt("load task failed".into()))?
+    }
+
+    /// What turns a stored document into a served one, to run on a blocking thread.
+    fn doc_builder(&self, doc: &str) -> impl FnOnce(DocKey, &StoredDoc) -> DocState + Send {
+        let started = std::time::Instant::now();
+        let (limits, session_limits) = (self.doc_limits(), self.session_limits());
+        let (room, name) = (self.name.clone(), Arc::<str>::from(doc));
+        move |key, stored| {
+            let ydoc = build_doc(stored, limits, &room, &name);
+            tracing::debug!(
+                room = %room,
+                doc = %name,
+                snapshot_bytes = stored.snapshot.as_ref().map_or(0, Bytes::len),
+                log_updates = stored.log.len(),
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "document loaded"
+            );
+            DocState {
+                session: YjsDocSession::new(ydoc, session_limits),
+                key,
+                next_seq: stored.next_seq,
+                log_bytes: stored.log_bytes,
+                compaction: None,
+            }
+        }
     }
 
     /// Carries out a session's outputs in order. A connection that cannot take a frame is
@@ -440,6 +600,7 @@ impl Room {
 
     /// Folds every document's log into its snapshot and flushes the store.
     async fn persist_all(&mut self) {
+        self.finish_loading().await;
         for d in self.docs.values_mut() {
             persist_doc(&self.ctx, d).await;
         }

@@ -169,3 +169,117 @@ async fn an_idle_room_unloads_with_everything_flushed_and_loads_again() {
     assert!(server.metrics().compactions_total.load(Ordering::Relaxed) >= 1);
     server.stop().await;
 }
+
+/// A document of `n` separate insertions by one client, as one update: many structs, so that
+/// integrating it after a restart takes far longer than answering a step 1.
+fn many_structs(n: u32) -> (Vec<u8>, String) {
+    use yrs::{GetString, Text, Transact};
+    let doc = yrs::Doc::with_client_id(77);
+    let text = doc.get_or_insert_text("t");
+    for i in 0..n {
+        let mut txn = doc.transact_mut();
+        let len = text.len(&txn);
+        text.insert(&mut txn, (i * 7) % (len + 1), "ab");
+    }
+    let txn = doc.transact();
+    let content = text.get_string(&txn);
+    let update = {
+        use yrs::ReadTxn;
+        txn.encode_state_as_update_v1(&yrs::StateVector::default())
+    };
+    (update, content)
+}
+
+fn frame_of(msg: Message<'_>) -> tokio_tungstenite::tungstenite::Message {
+    tokio_tungstenite::tungstenite::Message::Binary(msg.to_vec().into())
+}
+
+#[tokio::test]
+async fn a_stored_document_is_served_while_it_loads() {
+    use futures_util::{SinkExt, StreamExt};
+    use yrs::updates::decoder::Decode;
+    use yrs::{GetString, Transact};
+
+    let mut server = TestServer::start().await;
+    let url = server.doc_url("r", "big");
+    let (update, content) = many_structs(20_000);
+    let mut writer = YClient::connect(&url, 1).await;
+    writer
+        .send(Message::Sync(SyncMessage::Update(&update)))
+        .await;
+    writer.round_trip().await;
+    writer.close().await;
+    // A graceful restart folds the document into one snapshot.
+    server.restart().await;
+    let url = server.doc_url("r", "big");
+
+    // A newcomer asks with an empty state vector as soon as it connects; a second client sends
+    // an edit before the document can have loaded; a third leaves at once.
+    let mut newcomer = roomd_tests::connect(&url).await;
+    newcomer
+        .send(frame_of(Message::Sync(SyncMessage::Step1(&[0]))))
+        .await
+        .unwrap();
+    let mut editor = roomd_tests::connect(&url).await;
+    let edit = {
+        use yrs::Text;
+        let doc = yrs::Doc::with_client_id(9);
+        let t = doc.get_or_insert_text("t");
+        let mut txn = doc.transact_mut();
+        t.insert(&mut txn, 0, "Z");
+        txn.encode_update_v1()
+    };
+    editor
+        .send(frame_of(Message::Sync(SyncMessage::Update(&edit))))
+        .await
+        .unwrap();
+    let mut leaver = roomd_tests::connect(&url).await;
+    leaver.close(None).await.unwrap();
+
+    // The newcomer's first sync message is the whole document, answered from the stored
+    // snapshot before the server's own step 1 (which needs the integrated document).
+    let replica = yrs::Doc::with_client_id(2);
+    let limits = roomd_sync::MessageLimits {
+        payload_bytes_max: 64 << 20,
+    };
+    let mut first_sync = None;
+    while first_sync.is_none() {
+        let frame = tokio::time::timeout(roomd_tests::WAIT, newcomer.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .into_data();
+        for msg in roomd_sync::decode_frame(&frame, limits).unwrap() {
+            match msg {
+                Message::Sync(SyncMessage::Step2(u)) => {
+                    replica
+                        .transact_mut()
+                        .apply_update(yrs::Update::decode_v1(u).unwrap())
+                        .unwrap();
+                    first_sync = Some("step 2");
+                }
+                Message::Sync(_) => first_sync = Some("other"),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(first_sync, Some("step 2"));
+    let text = replica.get_or_insert_text("t");
+    assert_eq!(text.get_string(&replica.transact()), content);
+
+    // The edit sent while the document loaded was applied, kept and forwarded.
+    let mut check = YClient::connect(&url, 3).await;
+    check
+        .until(|c| c.text("t").len() == content.len() + 1)
+        .await;
+    let mut want = check.text("t");
+    assert!(want.contains('Z'));
+    drop(check);
+    drop(newcomer);
+    drop(editor);
+    server.restart().await;
+    let after = YClient::connect(&server.doc_url("r", "big"), 4).await;
+    assert_eq!(after.text("t"), std::mem::take(&mut want));
+    server.stop().await;
+}
