@@ -95,8 +95,9 @@ pub struct Room {
     loading: HashMap<Arc<str>, Loading>,
     /// Documents integrated by their blocking task, ready to serve. The channel holds at most
     /// one message per document loading, so at most `room_docs_max`.
-    loaded_tx: mpsc::Sender<(Arc<str>, DocState)>,
-    loaded_rx: mpsc::Receiver<(Arc<str>, DocState)>,
+    /// `None` when building it failed.
+    loaded_tx: mpsc::Sender<(Arc<str>, Option<DocState>)>,
+    loaded_rx: mpsc::Receiver<(Arc<str>, Option<DocState>)>,
     outboxes: HashMap<ConnId, Outbox>,
 }
 
@@ -355,7 +356,10 @@ impl Room {
         let build = self.doc_builder(doc);
         let (name, tx) = (doc.clone(), self.loaded_tx.clone());
         tokio::task::spawn_blocking(move || {
-            let state = build(key, &stored);
+            // yrs runs behind catch_unwind inside; should anything else panic, the room must
+            // still hear of it, or the document would stay loading for ever.
+            let state =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| build(key, &stored))).ok();
             // The channel has room for every document loading; a room that has gone no
             // longer wants it.
             let _ = tx.try_send((name, state));
@@ -404,8 +408,17 @@ impl Room {
 
     /// Takes a document its blocking task has integrated: opens the connections that joined
     /// meanwhile, then handles what they sent, in order.
-    async fn install(&mut self, doc: Arc<str>, state: DocState) {
+    async fn install(&mut self, doc: Arc<str>, state: Option<DocState>) {
         let Some(loading) = self.loading.remove(&doc) else {
+            return;
+        };
+        let Some(state) = state else {
+            tracing::error!(room = %self.name, %doc, "building the document failed; closing its connections");
+            for conn in loading.joined {
+                if let Some(outbox) = self.outboxes.remove(&conn) {
+                    outbox.close(CloseCode::Internal, "document could not be loaded");
+                }
+            }
             return;
         };
         self.docs.insert(doc.clone(), state);
