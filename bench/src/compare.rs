@@ -289,6 +289,9 @@ pub async fn run_step(
         Step::Replay => scenarios::replay(&server.target, trace, "replay", pid).await,
         Step::ColdLoad => {
             let stored = scenarios::replay(&server.target, trace, "replay", pid).await;
+            // Servers that write behind (y-websocket queues one LevelDB write per update) get
+            // the time to finish before they are stopped: a stop must not lose the document.
+            settle(data.path()).await;
             server.stop().await;
             stored?.ensure_clean()?;
             let server = ServerProcess::start(kind, programs, data.path()).await?;
@@ -299,6 +302,31 @@ pub async fn run_step(
     };
     server.stop().await;
     result
+}
+
+/// Waits until nothing under `dir` has grown or shrunk for two seconds (at most two minutes).
+async fn settle(dir: &Path) {
+    fn size(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| match e.metadata() {
+                Ok(m) if m.is_dir() => size(&e.path()),
+                Ok(m) => m.len(),
+                Err(_) => 0,
+            })
+            .sum()
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = size(dir);
+    let mut still = 0;
+    while still < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await; // sampling the directory's size
+        let now = size(dir);
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+    }
 }
 
 /// Median figures of the runs of one step on one server.

@@ -528,43 +528,49 @@ pub async fn replay(
 /// has arrived (`cold_load_ms`, the server's part) and until the generator has integrated it
 /// (`cold_load_applied_ms`; the integration costs the same whichever server sent the state).
 pub async fn cold_load(target: &Target, trace: &Trace, doc: &str) -> anyhow::Result<Report> {
+    /// When the state was whole: the arrival of the update that completed it, and the end of
+    /// its integration.
+    #[derive(Default)]
+    struct Seen {
+        whole: Option<(Duration, Duration)>,
+    }
     let mut report = Report::new("cold_load", target);
     let stats = Arc::new(WireStats::default());
-    let holder = Arc::new(std::sync::Mutex::new(Doc::with_client_id(2)));
-    let received = Arc::new(std::sync::Mutex::new(None::<Duration>));
-    let (h2, r2) = (holder.clone(), received.clone());
+    let holder = Doc::with_client_id(2);
+    let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+    let done = Arc::new(Notify::new());
+    let (s2, d2, want) = (seen.clone(), done.clone(), trace.end_content.clone());
     let start = Instant::now();
+    // A server may answer the handshake before it has loaded the document (y-websocket binds
+    // its persistence asynchronously) and send the content later: the state is held once the
+    // client's text equals the trace's end, however many messages that took.
     let on_update = Box::new(move |u: &[u8]| {
-        if let Ok(mut r) = r2.lock() {
-            r.get_or_insert(start.elapsed());
+        let arrival = start.elapsed();
+        if let Ok(update) = Update::decode_v1(u) {
+            let _ = holder.transact_mut().apply_update(update);
         }
-        if let (Ok(update), Ok(doc)) = (Update::decode_v1(u), h2.lock()) {
-            let _ = doc.transact_mut().apply_update(update);
+        let Ok(mut seen) = s2.lock() else { return };
+        if seen.whole.is_none() {
+            let text = holder.get_or_insert_text("t");
+            let txn = holder.transact();
+            if text.len(&txn) as usize == want.len() && text.get_string(&txn) == want {
+                seen.whole = Some((arrival, start.elapsed()));
+                d2.notify_waiters();
+            }
         }
     });
-    // The handshake completes when the step 2 (the whole state) has been received and applied.
     let peer = Peer::connect(target, doc, 2, stats, on_update).await?;
-    let elapsed = start.elapsed();
-    let text = {
-        let doc = holder.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        let t = doc.get_or_insert_text("t");
-        let txn = doc.transact();
-        t.get_string(&txn)
-    };
-    let received = received
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?
-        .unwrap_or(elapsed);
-    // Time to the wrong state is no cold load: the figures are only kept for the right one.
-    if text == trace.end_content {
-        report.add("cold_load_ms", received.as_secs_f64() * 1000.0);
-        report.add("cold_load_applied_ms", elapsed.as_secs_f64() * 1000.0);
-    } else {
-        report.problems.push(format!(
-            "loaded document has {} characters, the trace ends with {}",
-            text.len(),
-            trace.end_content.len()
-        ));
+    let whole = || seen.lock().ok().and_then(|s| s.whole);
+    wait_for(&done, Duration::from_secs(30), || whole().is_some()).await;
+    match whole() {
+        Some((received, applied)) => {
+            report.add("cold_load_ms", received.as_secs_f64() * 1000.0);
+            report.add("cold_load_applied_ms", applied.as_secs_f64() * 1000.0);
+        }
+        // Time to the wrong state is no cold load: no figure, a problem.
+        None => report
+            .problems
+            .push("the client did not hold the trace's end content within 30 s".into()),
     }
     peer.close().await;
     Ok(report)
