@@ -38,6 +38,14 @@ pub enum AwarenessError {
     /// Bytes follow the last entry.
     #[error("awareness update has trailing bytes")]
     TrailingBytes,
+    /// A client id or clock is larger than a Yjs client can decode.
+    #[error("awareness {field} {value} exceeds 2^53 - 1, the largest a Yjs client decodes")]
+    OutOfRange {
+        /// `client id` or `clock`.
+        field: &'static str,
+        /// The value sent.
+        value: u64,
+    },
     /// A state is not valid JSON, or is nested too deeply.
     #[error("awareness state of client {client_id} is not valid JSON: {reason}")]
     BadJson {
@@ -51,6 +59,11 @@ pub enum AwarenessError {
 /// Deepest nesting of arrays and objects accepted in an awareness state. Real states (a user's
 /// name, colour and cursor) nest two or three levels; the limit keeps peers' parsers safe.
 pub const JSON_DEPTH_MAX: usize = 32;
+
+/// The largest client id or clock accepted: JavaScript's `Number.MAX_SAFE_INTEGER`. lib0's
+/// decoder in every Yjs client throws on larger integers or loses their precision, so forwarding
+/// one would break the other participants.
+pub const INTEGER_MAX: u64 = (1 << 53) - 1;
 
 /// Nesting depth of valid JSON text, counting brackets outside strings.
 fn json_depth(json: &str) -> usize {
@@ -93,6 +106,11 @@ pub fn parse(update: &[u8]) -> Result<Vec<Entry<'_>>, AwarenessError> {
         let client_id = r.read_var_u64().map_err(AwarenessError::Malformed)?;
         let clock = r.read_var_u64().map_err(AwarenessError::Malformed)?;
         let state_json = r.read_var_str().map_err(AwarenessError::Malformed)?;
+        for (field, value) in [("client id", client_id), ("clock", clock)] {
+            if value > INTEGER_MAX {
+                return Err(AwarenessError::OutOfRange { field, value });
+            }
+        }
         serde_json::from_str::<serde::de::IgnoredAny>(state_json).map_err(|e| {
             AwarenessError::BadJson {
                 client_id,
@@ -218,7 +236,8 @@ impl AwarenessTable {
         let mut removed = Vec::new();
         for (&client_id, k) in self.known.iter_mut() {
             if k.owner == Some(conn) && k.state_json.is_some() {
-                k.clock += 1;
+                // A state at the largest clock is still removed: an equal clock wins to remove.
+                k.clock = k.clock.saturating_add(1).min(INTEGER_MAX);
                 k.state_json = None;
                 k.owner = None;
                 removed.push((client_id, k.clock));
@@ -296,6 +315,37 @@ mod tests {
             parse(&u[..u.len() - 1]),
             Err(AwarenessError::Malformed(_))
         ));
+        // What a Yjs client can decode passes; one more is refused, as a client id or a clock.
+        assert!(parse(&update(&[(INTEGER_MAX, INTEGER_MAX, "{}")])).is_ok());
+        for (id, clock, field) in [(INTEGER_MAX + 1, 0, "client id"), (1, u64::MAX, "clock")] {
+            assert_eq!(
+                parse(&update(&[(id, clock, "{}")])),
+                Err(AwarenessError::OutOfRange {
+                    field,
+                    value: id.max(clock)
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn a_state_at_the_largest_clock_is_still_removed() {
+        let mut t = AwarenessTable::default();
+        let conn = ConnId(1);
+        t.apply(conn, &parse(&update(&[(7, INTEGER_MAX, "{}")])).unwrap());
+        let removal = t.remove_conn(conn).unwrap();
+        let removed = parse(&removal).unwrap();
+        assert_eq!(removed[0].clock, INTEGER_MAX);
+        assert!(removed[0].is_removal());
+        // A client holding the state at that clock applies the removal: an equal clock wins
+        // to remove.
+        let mut other = AwarenessTable::default();
+        other.apply(
+            ConnId(2),
+            &parse(&update(&[(7, INTEGER_MAX, "{}")])).unwrap(),
+        );
+        assert_eq!(other.apply(ConnId(2), &removed), 1);
+        assert!(other.is_empty());
     }
 
     #[test]

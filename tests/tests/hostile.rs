@@ -38,11 +38,15 @@ fn frame(msg: YMessage<'_>) -> Vec<u8> {
 }
 
 fn awareness_frame(json: &str) -> Vec<u8> {
+    awareness_frame_at(1, json)
+}
+
+fn awareness_frame_at(clock: u64, json: &str) -> Vec<u8> {
     let mut u = Vec::new();
     awareness::encode(
         [awareness::Entry {
             client_id: 77,
-            clock: 1,
+            clock,
             state_json: json,
         }]
         .into_iter(),
@@ -123,6 +127,11 @@ async fn each_bad_frame_closes_only_its_sender_with_a_documented_code() {
             CloseCode::ProtocolError,
         ),
         (
+            "awareness clock no Yjs client can decode",
+            Message::Binary(awareness_frame_at(u64::MAX, "{}").into()),
+            CloseCode::ProtocolError,
+        ),
+        (
             "awareness count lie",
             Message::Binary(frame(YMessage::Awareness(&[0xff, 0xff, 0xff, 0x0f, 1])).into()),
             CloseCode::ProtocolError,
@@ -146,7 +155,7 @@ async fn each_bad_frame_closes_only_its_sender_with_a_documented_code() {
         assert!(!reason.is_empty(), "{name}: close reason is empty");
         assert_unharmed(&server, &mut a, &mut b, round).await;
     }
-    assert_eq!(server.metrics().closes(CloseCode::ProtocolError), 14);
+    assert_eq!(server.metrics().closes(CloseCode::ProtocolError), 15);
     server.stop().await;
 }
 
