@@ -3,8 +3,9 @@
 //! It refuses what yrs mishandles on hostile input: counts larger than their bytes could hold
 //! (yrs reserves memory for them up front), clocks that overflow `u32` and client ids wider than
 //! 53 bits (yrs wraps or truncates them in release builds, corrupting the document), `Any`
-//! values nested deeper than [`ANY_DEPTH_MAX`] (yrs decodes them recursively), and legacy JSON
-//! content (yrs cannot encode it back). It also splits an
+//! values nested deeper than [`ANY_DEPTH_MAX`] (yrs decodes them recursively), legacy JSON
+//! content (yrs cannot encode it back) and subdocuments (yrs never frees their stores). It also
+//! splits an
 //! update into runs of consecutive structs of one client, so that the document can hand yrs only
 //! runs that continue what it already has (see `YDoc::apply_update`).
 
@@ -253,12 +254,10 @@ impl<'a> Reader<'a> {
                 }
                 n as u64
             }
-            // A subdocument: guid and options.
-            9 => {
-                self.string()?;
-                self.any(0)?;
-                1
-            }
+            // A subdocument. yrs 0.28 never frees the store of a subdocument integrated into a
+            // document (about 2.6 KiB each time such a document is dropped, as on every unload),
+            // so a client could grow the server's memory without bound.
+            9 => return Err("subdocuments are not supported".into()),
             c => return Err(format!("unknown content type {c}")),
         })
     }
@@ -421,6 +420,21 @@ mod tests {
         assert!(
             scan(&nested(ANY_DEPTH_MAX + 1)).is_err(),
             "deep value accepted"
+        );
+    }
+
+    #[test]
+    fn refuses_subdocuments() {
+        let doc = Doc::with_client_id(1);
+        let map = doc.get_or_insert_map("m");
+        let update = {
+            let mut txn = doc.transact_mut();
+            map.insert(&mut txn, "sub", Doc::new());
+            txn.encode_update_v1()
+        };
+        assert_eq!(
+            scan(&update).map(|_| ()),
+            Err("subdocuments are not supported".to_string())
         );
     }
 }

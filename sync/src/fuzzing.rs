@@ -158,7 +158,7 @@ fn check_snapshot(doc: &YDoc) {
     let snapshot = fresh.snapshot();
     let reloaded = load(&snapshot);
     assert_eq!(reloaded.state_vector(), fresh.state_vector());
-    // yrs writes the entries of a map (a subdocument's options, for one) in hash order, so a
+    // yrs writes the entries of a map (an `Any` map value, for one) in hash order, so a
     // stable snapshot may come back with those entries permuted: the same bytes, reordered.
     let again = reloaded.snapshot();
     let sorted = |b: &[u8]| {

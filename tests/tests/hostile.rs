@@ -65,6 +65,14 @@ async fn each_bad_frame_closes_only_its_sender_with_a_documented_code() {
     let mut huge_sv = billions.to_vec();
     huge_sv.extend_from_slice(&[1, 1]);
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let subdoc = {
+        use yrs::{Doc, Map, Transact, WriteTxn};
+        let doc = Doc::with_client_id(66);
+        let mut txn = doc.transact_mut();
+        let m = txn.get_or_insert_map("m");
+        m.insert(&mut txn, "sub", Doc::new());
+        txn.encode_update_v1()
+    };
     let cases: Vec<(&str, Message, CloseCode)> = vec![
         (
             "text frame",
@@ -104,6 +112,11 @@ async fn each_bad_frame_closes_only_its_sender_with_a_documented_code() {
         (
             "garbage update",
             Message::Binary(frame(YMessage::Sync(SyncMessage::Update(&[0xff; 9]))).into()),
+            CloseCode::ProtocolError,
+        ),
+        (
+            "a subdocument",
+            Message::Binary(frame(YMessage::Sync(SyncMessage::Update(&subdoc))).into()),
             CloseCode::ProtocolError,
         ),
         (
@@ -155,7 +168,7 @@ async fn each_bad_frame_closes_only_its_sender_with_a_documented_code() {
         assert!(!reason.is_empty(), "{name}: close reason is empty");
         assert_unharmed(&server, &mut a, &mut b, round).await;
     }
-    assert_eq!(server.metrics().closes(CloseCode::ProtocolError), 15);
+    assert_eq!(server.metrics().closes(CloseCode::ProtocolError), 16);
     server.stop().await;
 }
 
