@@ -161,9 +161,12 @@ impl YDoc {
         let doc = &self.doc;
         let waiting = &mut self.waiting;
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            let (integrated, waits) =
-                apply_ready(doc, waiting, &scan, Some(decoded)).map_err(ApplyError::Rejected)?;
-            if integrated && !waiting.is_empty() {
+            let Outcome {
+                integrated,
+                waits,
+                reshaped,
+            } = apply_ready(doc, waiting, &scan, Some(decoded)).map_err(ApplyError::Rejected)?;
+            if (integrated || reshaped) && !waiting.is_empty() {
                 retry_waiting(doc, waiting);
             }
             Ok(Applied {
@@ -292,9 +295,12 @@ pub mod bare {
     /// Returns whether the document or `waiting` changed.
     pub fn apply(doc: &Doc, waiting: &mut Vec<Vec<u8>>, update: &[u8]) -> Result<bool, ApplyError> {
         let (scan, decoded) = YDoc::validate(update)?;
-        let (integrated, waits) =
-            apply_ready(doc, waiting, &scan, Some(decoded)).map_err(ApplyError::Rejected)?;
-        if integrated {
+        let Outcome {
+            integrated,
+            waits,
+            reshaped,
+        } = apply_ready(doc, waiting, &scan, Some(decoded)).map_err(ApplyError::Rejected)?;
+        if integrated || reshaped {
             retry_waiting(doc, waiting);
         }
         Ok(integrated || waits)
@@ -342,17 +348,20 @@ fn apply_ready(
     waiting: &mut Vec<Vec<u8>>,
     scan: &Scan<'_>,
     decoded: Option<Update>,
-) -> Result<(bool, bool), String> {
+) -> Result<Outcome, String> {
     let mut txn = doc.transact_mut();
     let sv = txn.state_vector();
     let mut ready: Vec<Run<'_>> = Vec::new();
     let mut later: Vec<Run<'_>> = Vec::new();
+    let mut sliced = false;
     for run in &scan.runs {
         let local = sv.get(&ClientID::new(run.client));
         if run.end <= local {
             continue;
         }
         if run.clock <= local && !ready.iter().any(|r| r.client == run.client) {
+            // yrs integrates only the part past what it knows.
+            sliced |= run.clock < local;
             ready.push(*run);
         } else {
             later.push(*run);
@@ -360,6 +369,7 @@ fn apply_ready(
     }
     let mut integrated = false;
     let mut waits = false;
+    let mut reshaped = false;
     if !ready.is_empty() || scan.deletes {
         let decoded = match decoded {
             Some(whole) if later.is_empty() => whole,
@@ -369,34 +379,69 @@ fn apply_ready(
         txn.apply_update(decoded).map_err(|e| e.to_string())?;
         integrated = !txn.insert_set().is_empty() || !txn.delete_set().is_empty();
         for rest in take_pending(&mut txn) {
-            waits |= wait(waiting, rest);
+            let added = wait(waiting, rest);
+            waits |= added;
+            // The rest of a sliced struct comes back in a new form (see `retry_waiting`).
+            reshaped |= added && sliced;
         }
     }
     drop(txn);
     for run in later {
         waits |= wait(waiting, v1::encode(&[run], None));
     }
-    Ok((integrated, waits))
+    Ok(Outcome {
+        integrated,
+        waits,
+        reshaped,
+    })
 }
 
-/// Applies the waiting updates again until a round integrates nothing more. A round goes on only
-/// after integrating structs or deletions, so this ends.
+/// What one application did.
+struct Outcome {
+    /// Structs or deletions were integrated.
+    integrated: bool,
+    /// Something new waits.
+    waits: bool,
+    /// yrs handed back part of a struct it had sliced (the known part cut off): the rest may
+    /// integrate in its new form.
+    reshaped: bool,
+}
+
+/// Rounds without integration in which yrs handed back part of a sliced struct, at most: each
+/// is retried once more, and this bound keeps a pair of forms from alternating for ever.
+const RESHAPED_ROUNDS_MAX: usize = 4;
+
+/// Applies the waiting updates again until a round integrates nothing more. A round goes on
+/// after integrating structs or deletions, or (a bounded number of times) when yrs handed back
+/// the rest of a struct it sliced: with the known part cut off, the rest comes back with that
+/// part as its origin (and no longer names a missing parent of its own, which only a client
+/// reusing its ids with other content can make differ), and may integrate at once. Left
+/// waiting, it would integrate only in a document loaded from a snapshot, and the two would
+/// disagree.
 fn retry_waiting(doc: &Doc, waiting: &mut Vec<Vec<u8>>) {
+    let mut reshaped_rounds = 0;
     loop {
         let mut progress = false;
+        let mut reshaped = false;
         for update in std::mem::take(waiting) {
             let Ok(scan) = v1::scan(&update) else {
                 continue;
             };
             match apply_ready(doc, waiting, &scan, None) {
-                Ok((integrated, _)) => progress |= integrated,
+                Ok(outcome) => {
+                    progress |= outcome.integrated;
+                    reshaped |= outcome.reshaped;
+                }
                 Err(_) => {
                     wait(waiting, update);
                 }
             }
         }
         if !progress {
-            return;
+            if !reshaped || reshaped_rounds == RESHAPED_ROUNDS_MAX {
+                return;
+            }
+            reshaped_rounds += 1;
         }
     }
 }
