@@ -4,10 +4,10 @@
 //! (yrs reserves memory for them up front), clocks that overflow `u32` and client ids wider than
 //! 53 bits (yrs wraps or truncates them in release builds, corrupting the document), `Any`
 //! values nested deeper than [`ANY_DEPTH_MAX`] (yrs decodes them recursively), legacy JSON
-//! content (yrs cannot encode it back) and subdocuments (yrs never frees their stores). It also
-//! splits an
-//! update into runs of consecutive structs of one client, so that the document can hand yrs only
-//! runs that continue what it already has (see `YDoc::apply_update`).
+//! content (yrs cannot encode it back), subdocuments (yrs never frees their stores), and a
+//! client's clocks written twice in one update (yrs would keep one version or a mix). It also
+//! splits an update into runs of consecutive structs of one client, so that the document can
+//! hand yrs only runs that continue what it already has (see `YDoc::apply_update`).
 
 /// Deepest nesting of arrays and maps accepted in an `Any` value.
 pub(crate) const ANY_DEPTH_MAX: usize = 64;
@@ -321,6 +321,22 @@ pub(crate) fn scan(update: &[u8]) -> Result<Scan<'_>> {
         }
         close(&mut run, clock, r.pos);
     }
+    // An encoder writes each client's structs once. Two versions of the same clocks in one
+    // update (duplicate client sections) can only be a client reusing its ids with other
+    // content, and yrs would keep one version or a mix depending on the order it meets them in.
+    let mut spans: Vec<(u64, u32, u32)> = runs.iter().map(|r| (r.client, r.clock, r.end)).collect();
+    spans.sort_unstable();
+    if let Some(w) = spans
+        .windows(2)
+        .find(|w| w[0].0 == w[1].0 && w[1].1 < w[0].2)
+    {
+        return Err(format!(
+            "the update holds clocks {}..{} of client {} twice",
+            w[1].1,
+            w[0].2.min(w[1].2),
+            w[0].0
+        ));
+    }
     let ds_from = r.pos;
     let mut deletes = false;
     for _ in 0..r.count(2)? {
@@ -421,6 +437,19 @@ mod tests {
             scan(&nested(ANY_DEPTH_MAX + 1)).is_err(),
             "deep value accepted"
         );
+    }
+
+    #[test]
+    fn refuses_a_clients_clocks_written_twice() {
+        // Two sections for client 1: GCs over clocks 0..3, then from `second`, 2 long.
+        let update = |second: u8| [2, 1, 1, 0, 0, 3, 1, 1, second, 0, 2, 0];
+        assert_eq!(
+            scan(&update(2)).map(|_| ()),
+            Err("the update holds clocks 2..3 of client 1 twice".to_string())
+        );
+        let apart = update(3);
+        let runs = scan(&apart).unwrap().runs;
+        assert_eq!(runs.len(), 2);
     }
 
     #[test]
