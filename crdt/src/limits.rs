@@ -15,6 +15,14 @@ impl DocLimits {
         update_bytes_max: 16 * 1024 * 1024,
         doc_bytes_max: 256 * 1024 * 1024,
     };
+
+    /// No bound: for rebuilding a document from storage, where everything was accepted once
+    /// under the limits then in force. A document's snapshot is one update, and larger than any
+    /// single update a client may send once the document has grown.
+    pub const LOADING: DocLimits = DocLimits {
+        update_bytes_max: usize::MAX,
+        doc_bytes_max: usize::MAX,
+    };
 }
 
 impl Default for DocLimits {

@@ -115,11 +115,19 @@ impl YDoc {
     /// A document loaded from a snapshot (one v1 update holding a whole document). Until the
     /// document changes, a diff against an empty state vector is the snapshot itself.
     pub fn from_snapshot(limits: DocLimits, snapshot: &[u8]) -> Result<YDoc, ApplyError> {
-        let mut doc = YDoc::new(limits);
+        let mut doc = YDoc::new(DocLimits::LOADING);
         doc.apply_update(snapshot)?;
         doc.rebase_size(snapshot.len());
         doc.loaded_from = Some(snapshot.to_vec());
+        doc.limits = limits;
         Ok(doc)
+    }
+
+    /// Replaces the limits the document enforces from now on. A document rebuilt from storage
+    /// is loaded under [`DocLimits::LOADING`] (what was accepted once must load, even a snapshot
+    /// larger than one update may be), then given its limits.
+    pub fn set_limits(&mut self, limits: DocLimits) {
+        self.limits = limits;
     }
 
     /// The limits this document enforces.
@@ -552,6 +560,28 @@ mod tests {
         assert_eq!(newcomer.text("t").len(), 6);
         assert_eq!(newcomer.snapshot(), loaded.snapshot());
         assert!(YDoc::from_snapshot(DocLimits::DEFAULT, &[0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn a_snapshot_larger_than_one_update_still_loads() {
+        // A document that grew by small updates past the size of one update.
+        let limits = DocLimits {
+            update_bytes_max: 1024,
+            doc_bytes_max: 1 << 20,
+        };
+        let mut doc = YDoc::new(limits);
+        for i in 0..40u64 {
+            doc.apply_update(&edit(100 + i, &"x".repeat(100))).unwrap();
+        }
+        let snapshot = doc.snapshot();
+        assert!(snapshot.len() > limits.update_bytes_max);
+        let mut loaded = YDoc::from_snapshot(limits, &snapshot).unwrap();
+        assert_eq!(loaded.text("t"), doc.text("t"));
+        // The limits hold again for what comes next.
+        assert!(matches!(
+            loaded.apply_update(&edit(7, &"y".repeat(2000))),
+            Err(ApplyError::UpdateTooLarge { .. })
+        ));
     }
 
     #[test]

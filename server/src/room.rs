@@ -635,15 +635,17 @@ fn build_doc(stored: &StoredDoc, limits: DocLimits, room: &str, doc: &str) -> YD
             YDoc::new(limits)
         }),
         _ => {
-            let mut ydoc = YDoc::new(limits);
+            // Everything stored was accepted once: load it whole, then enforce the limits.
+            let mut ydoc = YDoc::new(DocLimits::LOADING);
             let parts = stored.snapshot.iter().chain(stored.log.iter());
             for (i, update) in parts.enumerate() {
                 if let Err(e) = ydoc.apply_update(update) {
-                    // Stored updates were accepted once; this means the limits shrank or
+                    // Stored updates were accepted once, and load without limits: this means
                     // storage was damaged. Serve what can be served and say so.
                     tracing::error!(room, doc, part = i, error = %e, "stored update not applied");
                 }
             }
+            ydoc.set_limits(limits);
             ydoc
         }
     };

@@ -109,6 +109,34 @@ async fn state_survives_a_graceful_restart_and_room_unload() {
 }
 
 #[tokio::test]
+async fn a_document_larger_than_one_message_survives_a_restart() {
+    // Each insert is a small message; the document grows past the message limit, and its
+    // snapshot, one update, is then larger than any message a client may send.
+    let mut server = TestServer::start_with(|c| {
+        c.limits.message_bytes_max = 4 * 1024;
+        c.compact_log_bytes = 2 * 1024;
+    })
+    .await;
+    let url = server.doc_url("r", "big");
+    let mut a = YClient::connect(&url, 1).await;
+    let piece = "0123456789".repeat(100);
+    let mut want = String::new();
+    for _ in 0..12 {
+        a.insert("t", want.len() as u32, &piece).await;
+        want.push_str(&piece);
+    }
+    let mut b = YClient::connect(&url, 2).await;
+    b.until_text("t", &want).await;
+    a.close().await;
+    b.close().await;
+    server.restart().await;
+    let c = YClient::connect(&server.doc_url("r", "big"), 3).await;
+    assert_eq!(c.text("t").len(), want.len());
+    assert_eq!(c.text("t"), want);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn the_server_speaks_first_with_step1_in_its_own_frame() {
     let server = TestServer::start().await;
     let mut ws = roomd_tests::connect(&server.doc_url("r", "d")).await;
