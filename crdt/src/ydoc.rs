@@ -218,16 +218,28 @@ impl YDoc {
         Ok(self.with_waiting(self.doc.transact().encode_state_as_update_v1(&sv)))
     }
 
-    /// The whole document as one v1 update, pending structs included.
+    /// The whole document as one v1 update, pending structs included as long as the result
+    /// loads: a waiting struct that can never integrate (one naming a parent that is not a
+    /// shared type, say) would make the whole snapshot fail to load, and with it the document
+    /// after a restart. Then the snapshot holds only what the document integrated; the waiting
+    /// structs stay waiting here, and their senders send them again on their next sync.
     pub fn snapshot(&self) -> Vec<u8> {
         if let Some(snapshot) = &self.loaded_from {
             return snapshot.clone();
         }
-        self.with_waiting(
-            self.doc
-                .transact()
-                .encode_state_as_update_v1(&StateVector::default()),
-        )
+        let whole = self
+            .doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        if self.waiting.is_empty() {
+            return whole;
+        }
+        let merged = self.with_waiting(whole.clone());
+        if YDoc::new(DocLimits::LOADING).apply_update(&merged).is_ok() {
+            merged
+        } else {
+            whole
+        }
     }
 
     /// Updates that wait for missing structs before they can be integrated.
