@@ -324,8 +324,11 @@ pub(crate) fn scan(update: &[u8]) -> Result<Scan<'_>> {
     // An encoder writes each client's structs once. Two versions of the same clocks in one
     // update (duplicate client sections) can only be a client reusing its ids with other
     // content, and yrs would keep one version or a mix depending on the order it meets them in.
-    let mut spans: Vec<(u64, u32, u32)> = runs.iter().map(|r| (r.client, r.clock, r.end)).collect();
-    spans.sort_unstable();
+    let mut spans: Vec<(u64, u32, u32)> = Vec::new();
+    if runs.len() > 1 {
+        spans.extend(runs.iter().map(|r| (r.client, r.clock, r.end)));
+        spans.sort_unstable();
+    }
     if let Some(w) = spans
         .windows(2)
         .find(|w| w[0].0 == w[1].0 && w[1].1 < w[0].2)
