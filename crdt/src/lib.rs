@@ -10,4 +10,9 @@ mod v1;
 mod ydoc;
 
 pub use limits::DocLimits;
+
+/// The largest integer a Yjs client decodes exactly: JavaScript's `Number.MAX_SAFE_INTEGER`.
+/// lib0 throws on larger ones or loses their precision, so no client id, clock or count above it
+/// may be stored or forwarded.
+pub const JS_INTEGER_MAX: u64 = (1 << 53) - 1;
 pub use ydoc::{bare, Applied, ApplyError, DecodeError, YDoc};

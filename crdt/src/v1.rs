@@ -13,7 +13,7 @@
 pub(crate) const ANY_DEPTH_MAX: usize = 64;
 
 /// Client ids are at most 53 bits wide (a JavaScript safe integer).
-const CLIENT_MAX: u64 = (1 << 53) - 1;
+const CLIENT_MAX: u64 = crate::JS_INTEGER_MAX;
 
 /// Consecutive structs of one client, as they appear in an update.
 #[derive(Debug, Clone, Copy)]

@@ -235,7 +235,8 @@ impl YDoc {
             return whole;
         }
         let merged = self.with_waiting(whole.clone());
-        if YDoc::new(DocLimits::LOADING).apply_update(&merged).is_ok() {
+        // `with_waiting` hands back `whole` itself when the merge fails: nothing to check then.
+        if merged == whole || YDoc::new(DocLimits::LOADING).apply_update(&merged).is_ok() {
             merged
         } else {
             whole

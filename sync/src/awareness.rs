@@ -60,10 +60,9 @@ pub enum AwarenessError {
 /// name, colour and cursor) nest two or three levels; the limit keeps peers' parsers safe.
 pub const JSON_DEPTH_MAX: usize = 32;
 
-/// The largest client id or clock accepted: JavaScript's `Number.MAX_SAFE_INTEGER`. lib0's
-/// decoder in every Yjs client throws on larger integers or loses their precision, so forwarding
-/// one would break the other participants.
-pub const INTEGER_MAX: u64 = (1 << 53) - 1;
+/// The largest client id or clock accepted ([`roomd_crdt::JS_INTEGER_MAX`]): forwarding a larger
+/// one would break the other participants' decoders.
+pub const INTEGER_MAX: u64 = roomd_crdt::JS_INTEGER_MAX;
 
 /// Nesting depth of valid JSON text, counting brackets outside strings.
 fn json_depth(json: &str) -> usize {

@@ -172,7 +172,11 @@ fn check_snapshot(doc: &YDoc) {
     );
     let snapshot = fresh.snapshot();
     let reloaded = load(&snapshot);
-    assert_eq!(clocks(&reloaded), clocks(&fresh));
+    assert_eq!(
+        clocks(&reloaded),
+        clocks(&fresh),
+        "a reloaded snapshot loads to another state vector"
+    );
     let again = reloaded.snapshot();
     if again == snapshot {
         return;
