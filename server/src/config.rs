@@ -34,11 +34,6 @@ pub struct Limits {
     /// How long a connection may stay throttled without a pause before it is closed as a
     /// flood (default 10 s).
     pub conn_throttled_max: Duration,
-    /// Read buffer of a WebSocket connection, in bytes (default 256): the most read from the
-    /// socket at once. A large message grows the buffer to its size, and idle connections stay
-    /// cheap; a larger value means fewer reads for large messages and more memory per
-    /// connection.
-    pub ws_read_buffer_bytes: usize,
 }
 
 impl Default for Limits {
@@ -56,7 +51,6 @@ impl Default for Limits {
             conn_messages_per_sec_max: 50_000,
             conn_messages_burst_max: 100_000,
             conn_throttled_max: Duration::from_secs(10),
-            ws_read_buffer_bytes: 256,
         }
     }
 }

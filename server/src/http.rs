@@ -2,9 +2,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -100,22 +99,37 @@ fn check_name(kind: &str, name: &str, bytes_max: usize) -> Result<(), ApiError> 
 async fn yjs_socket(
     State(app): State<Arc<App>>,
     Path((room, doc)): Path<(String, String)>,
-    upgrade: WebSocketUpgrade,
+    mut request: Request,
 ) -> Result<Response, ApiError> {
     check_name("room", &room, ROOM_NAME_BYTES_MAX)?;
     if room.contains('/') {
         return Err(ApiError::bad_request("room name must not contain '/'"));
     }
     check_name("document", &doc, DOC_NAME_BYTES_MAX)?;
-    let limits = &app.ctx.config.limits;
-    let upgrade = upgrade
-        .read_buffer_size(limits.ws_read_buffer_bytes)
-        .write_buffer_size(0)
-        .max_message_size(limits.message_bytes_max)
-        .max_frame_size(limits.message_bytes_max);
-    let tracker = app.ctx.tracker.clone();
+    let accept = crate::websocket::accept_key(request.headers())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if request
+        .extensions()
+        .get::<hyper::upgrade::OnUpgrade>()
+        .is_none()
+    {
+        return Err(ApiError {
+            status: StatusCode::UPGRADE_REQUIRED,
+            code: "bad_request",
+            message: "this connection cannot be upgraded".into(),
+        });
+    }
+    let upgraded = hyper::upgrade::on(&mut request);
     let (room, doc): (Arc<str>, Arc<str>) = (room.into(), doc.into());
-    Ok(upgrade.on_upgrade(move |socket| {
-        tracker.track_future(crate::ws::serve_socket(socket, app, room, doc))
-    }))
+    let tracker = app.ctx.tracker.clone();
+    tokio::spawn(tracker.track_future(crate::ws::serve_socket(upgraded, app, room, doc)));
+    Ok((
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::CONNECTION, HeaderValue::from_static("upgrade")),
+            (header::UPGRADE, HeaderValue::from_static("websocket")),
+            (header::SEC_WEBSOCKET_ACCEPT, accept),
+        ],
+    )
+        .into_response())
 }

@@ -11,6 +11,7 @@ mod outbox;
 mod registry;
 mod room;
 mod store;
+mod websocket;
 mod ws;
 
 use axum::serve::ListenerExt as _;

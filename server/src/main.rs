@@ -80,9 +80,6 @@ struct ServeArgs {
     /// Burst of messages above the sustained rate.
     #[arg(long, env = "ROOMD_CONN_MESSAGES_BURST_MAX", default_value_t = Limits::default().conn_messages_burst_max)]
     conn_messages_burst_max: u32,
-    /// Initial read buffer of a WebSocket connection, in bytes.
-    #[arg(long, env = "ROOMD_WS_READ_BUFFER_BYTES", default_value_t = Limits::default().ws_read_buffer_bytes)]
-    ws_read_buffer_bytes: usize,
 }
 
 impl ServeArgs {
@@ -106,7 +103,6 @@ impl ServeArgs {
         l.outbox_bytes_max = self.outbox_bytes_max;
         l.conn_messages_per_sec_max = self.conn_messages_per_sec_max;
         l.conn_messages_burst_max = self.conn_messages_burst_max;
-        l.ws_read_buffer_bytes = self.ws_read_buffer_bytes;
         c
     }
 }

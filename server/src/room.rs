@@ -112,6 +112,15 @@ impl std::fmt::Debug for Room {
     }
 }
 
+impl Drop for Room {
+    /// However the room task ends, even by a panic, no connection is left waiting on it.
+    fn drop(&mut self) {
+        for outbox in self.outboxes.values() {
+            outbox.close(CloseCode::TryAgain, "room unavailable");
+        }
+    }
+}
+
 impl Room {
     /// A room with nothing loaded yet.
     pub fn new(name: Arc<str>, generation: u64, ctx: Arc<AppCtx>, rooms: Arc<Rooms>) -> Room {
@@ -157,11 +166,26 @@ impl Room {
         let idle_timeout = self.ctx.config.room_idle_timeout;
         let idle = tokio::time::sleep(idle_timeout);
         tokio::pin!(idle);
+        // One timer for every connection of the room: on each tick a connection checks that
+        // its peer was heard since the last one, and pings it.
+        let period = self.ctx.config.keepalive_interval;
+        let mut keepalive = tokio::time::interval_at(Instant::now() + period, period);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let no_conns = self.outboxes.is_empty();
             tokio::select! {
                 biased;
-                _ = self.ctx.shutdown.cancelled() => break,
+                _ = self.ctx.shutdown.cancelled() => {
+                    for outbox in self.outboxes.values() {
+                        outbox.close(CloseCode::GoingAway, "server shutting down");
+                    }
+                    break;
+                }
+                _ = keepalive.tick() => {
+                    for outbox in self.outboxes.values() {
+                        outbox.ping();
+                    }
+                }
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
                     // Whatever else is already queued is handled with it, so that a busy

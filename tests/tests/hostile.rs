@@ -322,3 +322,48 @@ async fn a_slow_reader_is_disconnected_not_skipped() {
     again.until(|c| c.text("t").len() == want).await;
     server.stop().await;
 }
+
+/// A client frame written byte for byte, bypassing the client library's checks.
+fn raw_frame(first: u8, masked: bool, payload: &[u8]) -> Vec<u8> {
+    let mask = [9, 8, 7, 6];
+    let mut out = vec![first, (u8::from(masked) << 7) | payload.len() as u8];
+    if masked {
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    } else {
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+#[tokio::test]
+async fn frames_breaking_the_websocket_rfc_close_their_sender_with_4400() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start().await;
+    let url = server.doc_url("r", "d");
+    let mut other = YClient::connect(&url, 1).await;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("unmasked", raw_frame(0x82, false, &[0, 0, 0])),
+        ("reserved bit", raw_frame(0xC2, true, &[0, 0, 0])),
+        ("unknown opcode", raw_frame(0x83, true, &[])),
+        ("fragmented ping", raw_frame(0x09, true, b"p")),
+        ("continuation first", raw_frame(0x80, true, &[0])),
+        ("close code 1005", raw_frame(0x88, true, &[0x03, 0xED])),
+    ];
+    for (what, bytes) in cases {
+        let mut ws = connect(&url).await;
+        let tcp = match ws.get_mut() {
+            tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp,
+            _ => unreachable!("plain TCP"),
+        };
+        tcp.write_all(&bytes).await.unwrap();
+        let (code, reason) = expect_close(&mut ws).await;
+        assert_eq!(code, CloseCode::ProtocolError.code(), "{what}: {reason}");
+        assert!(reason.starts_with("invalid frame"), "{what}: {reason}");
+    }
+    // Nobody else noticed.
+    other.insert("t", 0, "still here").await;
+    other.round_trip().await;
+    assert_eq!(server.metrics().closes(CloseCode::ProtocolError), 6);
+    server.stop().await;
+}

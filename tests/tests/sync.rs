@@ -311,3 +311,60 @@ async fn a_stored_document_is_served_while_it_loads() {
     assert_eq!(after.text("t"), std::mem::take(&mut want));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_silent_peer_is_dropped_while_a_live_one_is_pinged() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    let server = TestServer::start_with(|c| {
+        c.keepalive_interval = std::time::Duration::from_millis(100);
+    })
+    .await;
+    let url = server.doc_url("r", "d");
+    // Connected, then never read from nor written to again.
+    let mut silent = roomd_tests::connect(&url).await;
+    let mut live = roomd_tests::connect(&url).await;
+    // A ping from the client is answered.
+    live.send(WsMessage::Ping(b"hi".to_vec().into()))
+        .await
+        .unwrap();
+    let mut pongs = 0;
+    let mut pings = 0;
+    // Reading answers the server's pings (the client library replies with pongs).
+    while pings < 4 {
+        let msg = tokio::time::timeout(roomd_tests::WAIT, live.next())
+            .await
+            .expect("the server kept quiet")
+            .expect("the live connection ended")
+            .expect("the live connection failed");
+        match msg {
+            WsMessage::Ping(_) => pings += 1,
+            WsMessage::Pong(payload) => {
+                assert_eq!(&payload[..], b"hi");
+                pongs += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(pongs, 1);
+    // Four ticks: the silent peer was dropped at the second, without a close frame.
+    let ended = tokio::time::timeout(roomd_tests::WAIT, async {
+        loop {
+            match silent.next().await {
+                Some(Ok(WsMessage::Close(_))) => panic!("a silent peer is dropped, not closed"),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => break,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the silent peer was never dropped");
+    assert_eq!(
+        server
+            .metrics()
+            .connections_open
+            .load(std::sync::atomic::Ordering::Acquire),
+        1
+    );
+    server.stop().await;
+}
