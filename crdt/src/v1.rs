@@ -7,7 +7,9 @@
 //! content (yrs cannot encode it back), subdocuments (yrs never frees their stores), and a
 //! client's clocks written twice in one update (yrs would keep one version or a mix). It also
 //! splits an update into runs of consecutive structs of one client, so that the document can
-//! hand yrs only runs that continue what it already has (see `YDoc::apply_update`).
+//! hand yrs only runs that continue what it already has (see `YDoc::apply_update`), and rewrites
+//! the struct yrs cuts where a run overlaps the document when yrs would place its rest
+//! inconsistently (see [`with_origin_at`]).
 
 /// Deepest nesting of arrays and maps accepted in an `Any` value.
 pub(crate) const ANY_DEPTH_MAX: usize = 64;
@@ -360,6 +362,66 @@ pub(crate) fn scan(update: &[u8]) -> Result<Scan<'_>> {
     })
 }
 
+/// The part of `run` that yrs integrates when the document already holds its client's clocks
+/// below `known`, rewritten when yrs would place it inconsistently; `None` when it need not be.
+///
+/// yrs cuts the struct holding `known` there and links the rest after the document's item at
+/// `known - 1`. A struct with an origin then takes its parent and key from that item, but yrs
+/// 0.28 keeps the parent and key a struct without origins names itself. Those agree unless the
+/// client reused its clocks with other content, and then the rest was linked into one type while
+/// counted in the length of another (or under a key): deleting it later underflowed that length.
+/// So when the struct holding `known` starts before it and names its parent, the run is rewritten
+/// from that struct on, the struct naming the item at `known - 1` as its origin instead (its
+/// content unchanged, the rest of the run as it was): yrs cuts it the same way and places the
+/// rest where the document holds the clock before, as for any struct with an origin. For what a
+/// client sends honestly this changes nothing, the struct's parent being that item's.
+///
+/// Returns the first clock of the rewritten run, its number of structs and its encoding.
+pub(crate) fn with_origin_at(run: &Run<'_>, known: u32) -> Option<(u32, u32, Vec<u8>)> {
+    let mut r = Reader {
+        buf: run.bytes,
+        pos: 0,
+    };
+    let mut clock = u64::from(run.clock);
+    for i in 0..run.structs {
+        let from = r.pos;
+        let info = r.u8().ok()?;
+        let len = match info {
+            0 => u64::from(r.var_u32().ok()?),
+            _ => r.item(info).ok()?,
+        };
+        if clock + len <= u64::from(known) {
+            clock += len;
+            continue;
+        }
+        // A GC, a struct with an origin, or one that starts where the document ends.
+        if info == 0 || info & 0xc0 != 0 || clock >= u64::from(known) {
+            return None;
+        }
+        // Past the parent, and the key of a map entry: the struct's content.
+        let mut content = Reader {
+            buf: run.bytes,
+            pos: from + 1,
+        };
+        if content.var_u32().ok()? == 1 {
+            content.string().ok()?;
+        } else {
+            content.id().ok()?;
+        }
+        if info & 0x20 != 0 {
+            content.string().ok()?;
+        }
+        let rest = &run.bytes[content.pos..];
+        let mut out = Vec::with_capacity(rest.len() + 16);
+        out.push(0x80 | (info & 0x1f));
+        write_var(&mut out, run.client);
+        write_var(&mut out, u64::from(known - 1));
+        out.extend_from_slice(rest);
+        return Some((clock as u32, run.structs - i, out));
+    }
+    None
+}
+
 /// Checks a v1 state vector: a count that fits its bytes, 53-bit client ids, 32-bit clocks.
 pub(crate) fn check_state_vector(sv: &[u8]) -> Result<()> {
     let mut r = Reader { buf: sv, pos: 0 };
@@ -453,6 +515,26 @@ mod tests {
         let apart = update(3);
         let runs = scan(&apart).unwrap().runs;
         assert_eq!(runs.len(), 2);
+    }
+
+    #[test]
+    fn rewrites_a_struct_yrs_cuts_when_it_names_its_parent() {
+        // Client 1: a GC over clocks 0..2, then "abc" under key "k" of root "m" (clocks 2..5).
+        let update = [
+            1, 2, 1, 0, 0, 2, 0x24, 1, 1, b'm', 1, b'k', 3, b'a', b'b', b'c', 0,
+        ];
+        let scan = scan(&update).unwrap();
+        let run = scan.runs[0];
+        // Cut at 3: the string, with origin (1, 2) instead of its parent and key.
+        let content = [0x84, 1, 2, 3, b'a', b'b', b'c'];
+        assert_eq!(with_origin_at(&run, 3), Some((2, 1, content.to_vec())));
+        // Cut inside the GC, or where the string starts: nothing to rewrite.
+        assert_eq!(with_origin_at(&run, 1), None);
+        assert_eq!(with_origin_at(&run, 2), None);
+        // A struct with an origin takes its parent from the document already.
+        let with_origin = [1, 1, 1, 0, 0x84, 2, 0, 3, b'a', b'b', b'c', 0];
+        let scan = super::scan(&with_origin).unwrap();
+        assert_eq!(with_origin_at(&scan.runs[0], 1), None);
     }
 
     #[test]

@@ -360,7 +360,8 @@ fn wait(waiting: &mut Vec<Vec<u8>>, update: Vec<u8>) -> bool {
 }
 
 /// Hands yrs, in one transaction, the runs of `scan` that continue the document (at most one per
-/// client) and its deletions; the other runs, and whatever yrs leaves pending, wait. Returns
+/// client, a struct yrs would cut inconsistently rewritten: see `v1::with_origin_at`) and its
+/// deletions; the other runs, and whatever yrs leaves pending, wait. Returns
 /// whether anything was integrated, and whether anything new waits. `decoded`, the whole update
 /// as yrs decoded it, is handed over as it is when every run is ready (the common case), which
 /// saves encoding and decoding the ready runs again.
@@ -388,13 +389,38 @@ fn apply_ready(
             later.push(*run);
         }
     }
+    // A run that starts before its client's clock may need its cut struct rewritten so that
+    // yrs places the rest consistently (see `v1::with_origin_at`).
+    let rewritten: Vec<Option<(u32, u32, Vec<u8>)>> = ready
+        .iter()
+        .map(|run| {
+            let local = sv.get(&ClientID::new(run.client));
+            (run.clock < local)
+                .then(|| v1::with_origin_at(run, local))
+                .flatten()
+        })
+        .collect();
+    let rewrites = rewritten.iter().any(Option::is_some);
+    let handed: Vec<Run<'_>> = ready
+        .iter()
+        .zip(&rewritten)
+        .map(|(run, rewrite)| match rewrite {
+            Some((clock, structs, bytes)) => Run {
+                clock: *clock,
+                structs: *structs,
+                bytes,
+                ..*run
+            },
+            None => *run,
+        })
+        .collect();
     let mut integrated = false;
     let mut waits = false;
     let mut reshaped = false;
-    if !ready.is_empty() || scan.deletes {
+    if !handed.is_empty() || scan.deletes {
         let decoded = match decoded {
-            Some(whole) if later.is_empty() => whole,
-            _ => Update::decode_v1(&v1::encode(&ready, Some(scan.delete_set)))
+            Some(whole) if later.is_empty() && !rewrites => whole,
+            _ => Update::decode_v1(&v1::encode(&handed, Some(scan.delete_set)))
                 .map_err(|e| e.to_string())?,
         };
         txn.apply_update(decoded).map_err(|e| e.to_string())?;
@@ -595,6 +621,61 @@ mod tests {
             loaded.apply_update(&edit(7, &"y".repeat(2000))),
             Err(ApplyError::UpdateTooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn clocks_sent_again_under_another_parent_keep_the_lengths_consistent() {
+        // Client 7 writes clock 0 in root "x"...
+        let x = [1, 1, 7, 0, 4, 1, 1, b'x', 1, 1, 0];
+        // ...then clocks 0..11 as "hello world" in root "t": yrs kept clock 0 and linked the
+        // rest after it, in "x", but counted the rest in the length of "t"...
+        let mut t = vec![1, 1, 7, 0, 4, 1, 1, b't', 11];
+        t.extend_from_slice(b"hello world");
+        t.push(0);
+        // ...so that deleting clocks 2..45 of client 7 underflowed the length of "x".
+        let delete = [0, 1, 7, 1, 2, 43];
+        let mut doc = YDoc::new(DocLimits::DEFAULT);
+        for update in [&x[..], &t, &delete] {
+            doc.apply_update(update).unwrap();
+        }
+        assert!(!doc.is_poisoned());
+        assert_eq!(doc.text("x"), "\u{1}e");
+        assert_eq!(doc.text("t"), "");
+        let loaded = YDoc::from_snapshot(DocLimits::DEFAULT, &doc.snapshot()).unwrap();
+        assert_eq!(loaded.text("x"), "\u{1}e");
+        assert_eq!(loaded.state_vector(), doc.state_vector());
+    }
+
+    #[test]
+    fn a_struct_sent_again_from_its_start_continues_the_text() {
+        // A client types "h", sends it, types "ello", then sends its whole state: one struct
+        // "hello" naming its parent, of which the document holds the first clock.
+        let client = Doc::with_client_id(7);
+        let text = client.get_or_insert_text("t");
+        let first = {
+            let mut txn = client.transact_mut();
+            text.insert(&mut txn, 0, "h");
+            txn.encode_update_v1()
+        };
+        text.insert(&mut client.transact_mut(), 1, "ello");
+        let whole = client
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let mut doc = YDoc::new(DocLimits::DEFAULT);
+        doc.apply_update(&first).unwrap();
+        doc.apply_update(&whole).unwrap();
+        assert_eq!(doc.text("t"), "hello");
+        let mut direct = YDoc::new(DocLimits::DEFAULT);
+        direct.apply_update(&whole).unwrap();
+        assert_eq!(doc.snapshot(), direct.snapshot());
+        // Typing on goes after it.
+        let more = {
+            let mut txn = client.transact_mut();
+            text.insert(&mut txn, 5, "!");
+            txn.encode_update_v1()
+        };
+        doc.apply_update(&more).unwrap();
+        assert_eq!(doc.text("t"), "hello!");
     }
 
     #[test]
