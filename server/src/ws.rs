@@ -15,8 +15,9 @@ use tokio::time::{Instant, Sleep};
 
 use crate::outbox::{Outbox, OutboxRx, Wake};
 use crate::room::{JoinError, RoomCmd};
-use crate::websocket::{opcode, FrameError, Incoming, RecvError, Socket};
+use crate::websocket::{RecvError, Socket};
 use crate::App;
+use roomd_sync::websocket::{opcode, FrameError, Incoming};
 
 /// A client's WebSocket.
 type WebSocket = Socket<TokioIo<Upgraded>>;

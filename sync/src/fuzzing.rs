@@ -339,3 +339,60 @@ impl Room {
         );
     }
 }
+
+/// A client's frame, masked as RFC 6455 requires (for tests and seeds).
+pub fn client_frame(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut out = vec![(if fin { 0x80 } else { 0 }) | op];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xFFFF => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// The message limit of the WebSocket check: small, so inputs can reach it.
+pub const FRAME_MESSAGE_BYTES_MAX: usize = 1 << 10;
+
+/// Decodes `data[1..]` as the bytes a client sends, once all at once and once in chunks of
+/// `data[0]` bytes (as they might arrive from TCP): both must give the same messages and end the
+/// same way, no message may exceed the limit, and decoding never panics.
+pub fn check_frames(data: &[u8]) {
+    use crate::websocket::{Decoder, FrameError, Incoming};
+    let Some((&chunk, bytes)) = data.split_first() else {
+        return;
+    };
+    let run = |chunk: usize| -> (Vec<Incoming>, Option<FrameError>) {
+        let mut decoder = Decoder::new(FRAME_MESSAGE_BYTES_MAX);
+        let mut buf = bytes::BytesMut::new();
+        let mut out = Vec::new();
+        for piece in bytes.chunks(chunk.max(1)) {
+            buf.extend_from_slice(piece);
+            loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Some(message)) => out.push(message),
+                    Ok(None) => break,
+                    Err(e) => return (out, Some(e)),
+                }
+            }
+        }
+        (out, None)
+    };
+    let whole = run(bytes.len());
+    let pieces = run(usize::from(chunk));
+    assert_eq!(whole, pieces, "chunks of {chunk} decode differently");
+    for message in &whole.0 {
+        if let Incoming::Binary(payload) = message {
+            assert!(payload.len() <= FRAME_MESSAGE_BYTES_MAX);
+        }
+    }
+}

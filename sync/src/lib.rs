@@ -11,6 +11,7 @@ pub mod fuzzing;
 pub mod lib0;
 mod message;
 mod session;
+pub mod websocket;
 
 pub use close::CloseCode;
 pub use message::{

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use roomd_sync::fuzzing::{check_apply, check_codec};
+use roomd_sync::fuzzing::{check_apply, check_codec, check_frames, client_frame};
+use roomd_sync::websocket::opcode;
 use roomd_sync::{Message, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
@@ -71,6 +72,20 @@ fn codec_inputs_pass() {
 #[test]
 fn apply_inputs_pass() {
     assert!(replay("apply", check_apply) > 0);
+}
+
+#[test]
+fn frames_inputs_pass() {
+    assert!(replay("frames", check_frames) > 0);
+}
+
+/// A `frames` input: bytes split in chunks of `chunk`, then the frames.
+fn frames_input(chunk: u8, frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = vec![chunk];
+    for f in frames {
+        out.extend_from_slice(f);
+    }
+    out
 }
 
 fn frame(msg: Message<'_>) -> Vec<u8> {
@@ -211,6 +226,47 @@ fn seeds() -> BTreeMap<(&'static str, &'static str), Vec<u8>> {
     send(&mut pending, 1, &update);
     send(&mut pending, 0, &empty_step1);
     seeds.insert(("apply", "script-pending"), pending);
+
+    let big = vec![b'x'; 300];
+    seeds.insert(
+        ("frames", "fragments-around-a-ping"),
+        frames_input(
+            3,
+            &[
+                client_frame(false, opcode::BINARY, &update),
+                client_frame(true, opcode::PING, b"p"),
+                client_frame(true, opcode::CONTINUATION, &aware),
+                client_frame(true, opcode::CLOSE, &[0x03, 0xE8, b'o', b'k']),
+            ],
+        ),
+    );
+    seeds.insert(
+        ("frames", "every-length-form"),
+        frames_input(
+            1,
+            &[
+                client_frame(true, opcode::BINARY, &big[..125]),
+                client_frame(true, opcode::BINARY, &big[..126]),
+                client_frame(true, opcode::BINARY, &big),
+                client_frame(true, opcode::PONG, b""),
+            ],
+        ),
+    );
+    seeds.insert(
+        ("frames", "text-then-binary"),
+        frames_input(
+            7,
+            &[
+                client_frame(false, opcode::TEXT, b"he"),
+                client_frame(true, opcode::CONTINUATION, b"llo"),
+                client_frame(true, opcode::BINARY, &step1),
+            ],
+        ),
+    );
+    seeds.insert(
+        ("frames", "over-the-limit"),
+        frames_input(5, &[client_frame(true, opcode::BINARY, &[0; 2000])]),
+    );
     seeds
 }
 
