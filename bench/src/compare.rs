@@ -176,6 +176,11 @@ pub enum Step {
         /// Connections held.
         connections: usize,
     },
+    /// Idle connections, each of which received a document of [`LARGE_DOC_BYTES`].
+    IdleLarge {
+        /// Connections held.
+        connections: usize,
+    },
     /// The automerge-paper trace through one writer.
     Replay,
     /// Loading the stored trace after a restart.
@@ -190,11 +195,15 @@ impl Step {
             Step::Throughput => "throughput".into(),
             Step::Rooms => "rooms".into(),
             Step::Idle { connections } => format!("idle-{connections}"),
+            Step::IdleLarge { connections } => format!("idle-large-{connections}"),
             Step::Replay => "replay".into(),
             Step::ColdLoad => "cold-load".into(),
         }
     }
 }
+
+/// The text each document holds in the idle-after-a-large-document scenario: 1 MiB.
+pub const LARGE_DOC_BYTES: usize = 1 << 20;
 
 /// How long and how large the scenarios run.
 #[derive(Debug, Clone, Copy)]
@@ -205,6 +214,8 @@ pub struct Scale {
     pub sweep: &'static [usize],
     /// Connection counts of the idle scenario.
     pub idle: &'static [usize],
+    /// Connections held on documents of [`LARGE_DOC_BYTES`].
+    pub idle_large: usize,
     /// Documents × peers of the many-rooms scenario.
     pub rooms: (usize, usize),
 }
@@ -215,6 +226,7 @@ impl Scale {
         seconds: 10,
         sweep: &[10, 100, 500, 1000],
         idle: &[1000, 5000, 10_000],
+        idle_large: 200,
         rooms: (200, 4),
     };
     /// A few seconds per scenario, for the test suite.
@@ -222,6 +234,7 @@ impl Scale {
         seconds: 1,
         sweep: &[10],
         idle: &[100],
+        idle_large: 10,
         rooms: (10, 3),
     };
 
@@ -239,6 +252,9 @@ impl Scale {
                 .iter()
                 .map(|&connections| Step::Idle { connections }),
         );
+        steps.push(Step::IdleLarge {
+            connections: self.idle_large,
+        });
         steps.push(Step::Replay);
         steps.push(Step::ColdLoad);
         steps
@@ -285,7 +301,10 @@ pub async fn run_step(
             };
             scenarios::typing(&server.target, "rooms", &p, pid).await
         }
-        Step::Idle { connections } => scenarios::idle(&server.target, connections, pid).await,
+        Step::Idle { connections } => scenarios::idle(&server.target, connections, 0, pid).await,
+        Step::IdleLarge { connections } => {
+            scenarios::idle(&server.target, connections, LARGE_DOC_BYTES, pid).await
+        }
         Step::Replay => scenarios::replay(&server.target, trace, "replay", pid).await,
         Step::ColdLoad => {
             let stored = scenarios::replay(&server.target, trace, "replay", pid).await;

@@ -115,6 +115,9 @@ enum Command {
         server: ServerArgs,
         #[arg(long, default_value_t = 1000)]
         connections: usize,
+        /// Bytes of text each document holds before the connections open (0: empty).
+        #[arg(long, default_value_t = 0)]
+        doc_bytes: usize,
     },
     /// Replays an editing trace through one writer until a second client holds its end state.
     Replay {
@@ -253,7 +256,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Idle {
             server,
             connections,
-        } => scenarios::idle(&target(&server), connections, server.pid).await?,
+            doc_bytes,
+        } => scenarios::idle(&target(&server), connections, doc_bytes, server.pid).await?,
         Command::Replay { server, trace } => {
             let doc = trace.doc;
             let trace = load_trace(&trace.trace)?;

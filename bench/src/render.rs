@@ -76,7 +76,7 @@ fn rows_of(step: Step) -> Vec<Row> {
             rows.extend(COST);
             rows
         }
-        Step::Idle { .. } => vec![
+        Step::Idle { .. } | Step::IdleLarge { .. } => vec![
             row("kib_per_connection", "KiB per connection", Better::Lower),
             row("added_mib", "MiB added", Better::Lower),
             row("server_rss_after_mib", "server RSS (MiB)", Better::Lower),
@@ -118,6 +118,10 @@ fn title_of(step: Step, scale: &Scale) -> String {
         Step::Idle { connections } => {
             format!("Idle: {connections} connections after their handshake")
         }
+        Step::IdleLarge { connections } => format!(
+            "Idle after a large document: {connections} connections, each sent a {} MiB document",
+            crate::compare::LARGE_DOC_BYTES >> 20
+        ),
         Step::Replay => "Replay: automerge-paper, 259,778 updates through one writer".into(),
         Step::ColdLoad => "Cold load: the stored automerge-paper document after a restart".into(),
     }

@@ -407,8 +407,15 @@ fn closing_figures(
 }
 
 /// Idle: `n` connections held after their handshake; the server's resident memory per
-/// connection (run on a freshly started server).
-pub async fn idle(target: &Target, n: usize, server_pid: Option<u32>) -> anyhow::Result<Report> {
+/// connection (run on a freshly started server). With `doc_bytes` > 0 each document first
+/// receives a text of that many bytes, so every connection's handshake carries it: what a
+/// server keeps per connection after sending a large document.
+pub async fn idle(
+    target: &Target,
+    n: usize,
+    doc_bytes: usize,
+    server_pid: Option<u32>,
+) -> anyhow::Result<Report> {
     let mut report = Report::new("idle", target);
     let stats = Arc::new(WireStats::default());
     let docs = n.div_ceil(IDLE_PEERS_PER_DOC);
@@ -417,7 +424,16 @@ pub async fn idle(target: &Target, n: usize, server_pid: Option<u32>) -> anyhow:
     for d in 0..docs {
         let doc = format!("{run}-{d}");
         target.prepare_doc(&doc).await?;
-        warm.push(Peer::connect(target, &doc, 1, stats.clone(), Box::new(|_| {})).await?);
+        let peer = Peer::connect(target, &doc, 1, stats.clone(), Box::new(|_| {})).await?;
+        if doc_bytes > 0 {
+            peer.send_update(&text_update(1, doc_bytes)).await?;
+            within_setup(
+                &format!("a document of {doc_bytes} bytes"),
+                holds_at_least(target, &doc, doc_bytes),
+            )
+            .await?;
+        }
+        warm.push(peer);
     }
     let before = server_pid.map_or(0, rss_kib);
     // Connections open CONNECTING_MAX at a time, as a crowd arriving would.
@@ -446,6 +462,39 @@ pub async fn idle(target: &Target, n: usize, server_pid: Option<u32>) -> anyhow:
         drop(p);
     }
     Ok(report)
+}
+
+/// An update of client `client` inserting a text of `bytes` ASCII bytes.
+fn text_update(client: u64, bytes: usize) -> Vec<u8> {
+    let doc = Doc::with_client_id(client);
+    let text = doc.get_or_insert_text("t");
+    let mut txn = doc.transact_mut();
+    text.insert(&mut txn, 0, &"x".repeat(bytes));
+    txn.encode_update_v1()
+}
+
+/// Waits until a newcomer to `doc` receives a state of at least `bytes` bytes.
+async fn holds_at_least(target: &Target, doc: &str, bytes: usize) -> anyhow::Result<()> {
+    loop {
+        let largest = Arc::new(AtomicU64::new(0));
+        let seen = largest.clone();
+        let probe = Peer::connect(
+            target,
+            doc,
+            2,
+            Arc::new(WireStats::default()),
+            Box::new(move |update| {
+                seen.fetch_max(update.len() as u64, Ordering::Relaxed);
+            }),
+        )
+        .await?;
+        probe.close().await;
+        if largest.load(Ordering::Relaxed) >= bytes as u64 {
+            return Ok(());
+        }
+        // The writer's update is still on its way: ask again shortly.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Replay: every patch of a trace through one writer, pipelined; done when a second client's
