@@ -9,7 +9,8 @@
 //! splits an update into runs of consecutive structs of one client, so that the document can
 //! hand yrs only runs that continue what it already has (see `YDoc::apply_update`), and rewrites
 //! the struct yrs cuts where a run overlaps the document when yrs would place its rest
-//! inconsistently (see [`with_origin_at`]).
+//! inconsistently (see [`with_origin_at`]), and finds a struct naming as its parent an item that
+//! holds no shared type, which the document refuses before yrs sees it (see [`non_type_parent`]).
 
 /// Deepest nesting of arrays and maps accepted in an `Any` value.
 pub(crate) const ANY_DEPTH_MAX: usize = 64;
@@ -39,6 +40,8 @@ pub(crate) struct Scan<'a> {
     pub(crate) delete_set: &'a [u8],
     /// True when the delete set deletes anything.
     pub(crate) deletes: bool,
+    /// True when a struct names its parent by id (see [`non_type_parent`]).
+    pub(crate) parents_by_id: bool,
 }
 
 /// Encodes `runs` and a delete set (its encoding, or none) as one v1 update.
@@ -152,10 +155,8 @@ impl<'a> Reader<'a> {
         Ok(client)
     }
 
-    fn id(&mut self) -> Result<()> {
-        self.client()?;
-        self.var_u32()?;
-        Ok(())
+    fn id(&mut self) -> Result<(u64, u32)> {
+        Ok((self.client()?, self.var_u32()?))
     }
 
     fn any(&mut self, depth: usize) -> Result<()> {
@@ -197,23 +198,30 @@ impl<'a> Reader<'a> {
 
     /// An item after its info byte; returns its length in clock units (0: yrs drops it).
     fn item(&mut self, info: u8) -> Result<u64> {
+        self.item_and_parent(info).map(|(len, _)| len)
+    }
+
+    /// An item after its info byte: its length in clock units, and the parent it names by id
+    /// (an item without origins inside a nested type).
+    fn item_and_parent(&mut self, info: u8) -> Result<(u64, Option<(u64, u32)>)> {
         if info & 0x80 != 0 {
             self.id()?;
         }
         if info & 0x40 != 0 {
             self.id()?;
         }
+        let mut parent = None;
         if info & 0xc0 == 0 {
             if self.var_u32()? == 1 {
                 self.string()?;
             } else {
-                self.id()?;
+                parent = Some(self.id()?);
             }
             if info & 0x20 != 0 {
                 self.string()?;
             }
         }
-        Ok(match info & 0x0f {
+        let len = match info & 0x0f {
             // Deleted content.
             1 => u64::from(self.var_u32()?),
             // Legacy JSON content, which Yjs no longer writes: yrs 0.28 decodes one string more
@@ -261,7 +269,8 @@ impl<'a> Reader<'a> {
             // so a client could grow the server's memory without bound.
             9 => return Err("subdocuments are not supported".into()),
             c => return Err(format!("unknown content type {c}")),
-        })
+        };
+        Ok((len, parent))
     }
 }
 
@@ -272,6 +281,7 @@ pub(crate) fn scan(update: &[u8]) -> Result<Scan<'_>> {
         pos: 0,
     };
     let mut runs = Vec::new();
+    let mut parents_by_id = false;
     for _ in 0..r.count(3)? {
         let structs = r.count(1)?;
         let client = r.client()?;
@@ -312,7 +322,11 @@ pub(crate) fn scan(update: &[u8]) -> Result<Scan<'_>> {
                     }
                     u64::from(len)
                 }
-                _ => r.item(info)?,
+                _ => {
+                    let (len, parent) = r.item_and_parent(info)?;
+                    parents_by_id |= parent.is_some();
+                    len
+                }
             };
             let (_, _, n) = run.get_or_insert((clock, from, 0));
             *n += 1;
@@ -359,6 +373,60 @@ pub(crate) fn scan(update: &[u8]) -> Result<Scan<'_>> {
         runs,
         delete_set: &update[ds_from..r.pos],
         deletes,
+        parents_by_id,
+    })
+}
+
+/// The first parent named by id in `runs` that is an item holding no shared type, as its client
+/// and clock; `None` when every such parent is a shared type, deleted, or not known yet.
+///
+/// `document(client, clock)` says whether the document holds a shared type or a deleted item at
+/// a clock it knows (`None` for a clock it does not know); other clocks are looked up in `runs`.
+/// yrs 0.28 refuses a struct whose parent is text, say, but only when it reaches it, after it
+/// integrated what came before in the same update: the document changed while the update was
+/// refused. Honest updates only name shared types as parents (deleted ones being gone or
+/// `Deleted` content in an encoding).
+pub(crate) fn non_type_parent(
+    runs: &[Run<'_>],
+    document: impl Fn(u64, u32) -> Option<bool>,
+) -> Option<(u64, u32)> {
+    // (client, first clock, length, info) of every struct, and the parents named by id.
+    let mut structs: Vec<(u64, u64, u64, u8)> = Vec::new();
+    let mut parents: Vec<(u64, u32)> = Vec::new();
+    for run in runs {
+        let mut r = Reader {
+            buf: run.bytes,
+            pos: 0,
+        };
+        let mut clock = u64::from(run.clock);
+        for _ in 0..run.structs {
+            let info = r.u8().ok()?;
+            let len = match info {
+                0 => u64::from(r.var_u32().ok()?),
+                _ => {
+                    let (len, parent) = r.item_and_parent(info).ok()?;
+                    parents.extend(parent);
+                    len
+                }
+            };
+            structs.push((run.client, clock, len, info));
+            clock += len;
+        }
+    }
+    structs.sort_unstable();
+    parents.into_iter().find(|&(client, clock)| {
+        if let Some(fits) = document(client, clock) {
+            return !fits;
+        }
+        let at = u64::from(clock);
+        let i = structs.partition_point(|s| (s.0, s.1) <= (client, at));
+        match i.checked_sub(1).map(|i| structs[i]) {
+            Some((c, start, len, info)) if c == client && at < start + len => {
+                // A GC, deleted content, or a shared type at exactly that clock.
+                !(info == 0 || info & 0x0f == 1 || (info & 0x0f == 7 && start == at))
+            }
+            _ => false,
+        }
     })
 }
 
@@ -535,6 +603,36 @@ mod tests {
         let with_origin = [1, 1, 1, 0, 0x84, 2, 0, 3, b'a', b'b', b'c', 0];
         let scan = super::scan(&with_origin).unwrap();
         assert_eq!(with_origin_at(&scan.runs[0], 1), None);
+    }
+
+    #[test]
+    fn finds_a_parent_that_is_no_type() {
+        // Client 9: a type in root "t" (clock 0), "ab" in root "t" (clocks 1..3), then "y" under
+        // the clock named by `parent`.
+        let update = |parent: u8| {
+            [
+                1, 3, 9, 0, 0x07, 1, 1, b't', 1, 0x04, 1, 1, b't', 2, b'a', b'b', 0x04, 0, 9,
+                parent, 1, b'y', 0,
+            ]
+        };
+        let unknown = |_: u64, _: u32| None;
+        let ok = update(0);
+        let scan = scan(&ok).unwrap();
+        assert!(scan.parents_by_id);
+        assert_eq!(non_type_parent(&scan.runs, unknown), None);
+        let bad = update(2);
+        let scan = super::scan(&bad).unwrap();
+        assert_eq!(non_type_parent(&scan.runs, unknown), Some((9, 2)));
+        // The document answers for the clocks it holds.
+        assert_eq!(non_type_parent(&scan.runs, |_, _| Some(true)), None);
+        assert_eq!(
+            non_type_parent(&scan.runs, |_, _| Some(false)),
+            Some((9, 2))
+        );
+        // Past the update: not known yet, it waits in yrs.
+        let later = update(9);
+        let scan = super::scan(&later).unwrap();
+        assert_eq!(non_type_parent(&scan.runs, unknown), None);
     }
 
     #[test]

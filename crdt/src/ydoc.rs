@@ -5,7 +5,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{
-    ClientID, Doc, GetString, ReadTxn, StateVector, Transact, TransactionMut, Update, WriteTxn,
+    BranchID, ClientID, Doc, GetString, ReadTxn, StateVector, Transact, TransactionMut, Update,
+    WriteTxn, ID,
 };
 
 use crate::v1::{self, Run, Scan};
@@ -414,6 +415,21 @@ fn apply_ready(
             None => *run,
         })
         .collect();
+    // yrs refuses a struct whose parent is no shared type only once it has integrated what came
+    // before it: such an update is refused here, before anything changes.
+    if scan.parents_by_id {
+        let document = |client: u64, clock: u32| {
+            let id = ID::new(ClientID::new(client), clock);
+            (clock < sv.get(&ClientID::new(client))).then(|| {
+                BranchID::get_nested(&txn, &id).is_some() || txn.snapshot().delete_set.contains(&id)
+            })
+        };
+        if let Some((client, clock)) = v1::non_type_parent(&handed, document) {
+            return Err(format!(
+                "a struct names clock {clock} of client {client} as its parent, which is no shared type"
+            ));
+        }
+    }
     let mut integrated = false;
     let mut waits = false;
     let mut reshaped = false;
@@ -676,6 +692,71 @@ mod tests {
         };
         doc.apply_update(&more).unwrap();
         assert_eq!(doc.text("t"), "hello!");
+    }
+
+    #[test]
+    fn a_struct_under_a_parent_that_is_no_type_is_refused_before_anything_changes() {
+        let mut doc = YDoc::new(DocLimits::DEFAULT);
+        doc.apply_update(&edit(1, "abc")).unwrap();
+        let before = doc.snapshot();
+        let sv = doc.state_vector();
+        // Client 2 writes "x" in root "t"; client 3 writes "y" under clock 0 of client 1, the
+        // text "abc".
+        let in_document = [
+            2, 1, 2, 0, 0x04, 1, 1, b't', 1, b'x', 1, 3, 0, 0x04, 0, 1, 0, 1, b'y', 0,
+        ];
+        // Client 9 writes "h" in root "t", then "y" under its own "h".
+        let in_update = [
+            1, 2, 9, 0, 0x04, 1, 1, b't', 1, b'h', 0x04, 0, 9, 0, 1, b'y', 0,
+        ];
+        for update in [&in_document[..], &in_update] {
+            assert!(matches!(
+                doc.apply_update(update),
+                Err(ApplyError::Rejected(_))
+            ));
+            assert_eq!(doc.snapshot(), before);
+            assert_eq!(doc.state_vector(), sv);
+            assert_eq!(doc.text("t"), "abc");
+        }
+        assert!(!doc.is_poisoned());
+    }
+
+    #[test]
+    fn a_struct_under_a_nested_type_applies_even_once_the_type_is_deleted() {
+        use yrs::{Map, MapPrelim, MapRef};
+        let a = Doc::with_client_id(1);
+        let root = a.get_or_insert_map("m");
+        let created = {
+            let mut txn = a.transact_mut();
+            root.insert(&mut txn, "inner", MapPrelim::default());
+            txn.encode_update_v1()
+        };
+        let b = Doc::with_client_id(2);
+        b.transact_mut()
+            .apply_update(Update::decode_v1(&created).unwrap())
+            .unwrap();
+        // B writes into the nested map: a struct without origins naming its parent by id.
+        let b_root = b.get_or_insert_map("m");
+        let written = {
+            let mut txn = b.transact_mut();
+            let inner: MapRef = b_root.get(&txn, "inner").unwrap().cast().unwrap();
+            inner.insert(&mut txn, "k", 1);
+            txn.encode_update_v1()
+        };
+        assert!(v1::scan(&written).unwrap().parents_by_id);
+        let deleted = {
+            let mut txn = a.transact_mut();
+            root.remove(&mut txn, "inner");
+            txn.encode_update_v1()
+        };
+        let mut live = YDoc::new(DocLimits::DEFAULT);
+        live.apply_update(&created).unwrap();
+        assert!(live.apply_update(&written).unwrap().changed);
+        let mut gone = YDoc::new(DocLimits::DEFAULT);
+        gone.apply_update(&created).unwrap();
+        gone.apply_update(&deleted).unwrap();
+        assert!(gone.apply_update(&written).unwrap().changed);
+        assert!(gone.apply_update(&written).is_ok());
     }
 
     #[test]
