@@ -109,6 +109,13 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// The cheapest relay of the y-websocket protocol (no document, no storage), to run the
+    /// scenarios against: the floor this machine puts under every server's latency.
+    Relay {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8788")]
+        listen: String,
+    },
     /// Connections held after their handshake: the server's memory per connection.
     Idle {
         #[command(flatten)]
@@ -156,6 +163,11 @@ fn target(s: &ServerArgs) -> Target {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let report: Report = match cli.command {
+        Command::Relay { listen } => {
+            let listener = tokio::net::TcpListener::bind(&listen).await?;
+            println!("relay listening on {}", listener.local_addr()?);
+            return roomd_bench::relay::serve(listener).await;
+        }
         Command::Compare {
             runs,
             servers,
@@ -216,7 +228,8 @@ async fn main() -> anyhow::Result<()> {
             let p = Typing {
                 docs: 1,
                 peers,
-                writers,
+                // At most every peer types.
+                writers: writers.min(peers),
                 rate,
                 duration: Duration::from_secs(seconds),
             };
