@@ -201,6 +201,21 @@ impl<'a> Reader<'a> {
         self.item_and_parent(info).map(|(len, _)| len)
     }
 
+    /// The parent and map key of an item without origins: the parent it names by id, if it
+    /// names one rather than a root type.
+    fn parent_and_key(&mut self, info: u8) -> Result<Option<(u64, u32)>> {
+        let parent = if self.var_u32()? == 1 {
+            self.string()?;
+            None
+        } else {
+            Some(self.id()?)
+        };
+        if info & 0x20 != 0 {
+            self.string()?;
+        }
+        Ok(parent)
+    }
+
     /// An item after its info byte: its length in clock units, and the parent it names by id
     /// (an item without origins inside a nested type).
     fn item_and_parent(&mut self, info: u8) -> Result<(u64, Option<(u64, u32)>)> {
@@ -210,17 +225,11 @@ impl<'a> Reader<'a> {
         if info & 0x40 != 0 {
             self.id()?;
         }
-        let mut parent = None;
-        if info & 0xc0 == 0 {
-            if self.var_u32()? == 1 {
-                self.string()?;
-            } else {
-                parent = Some(self.id()?);
-            }
-            if info & 0x20 != 0 {
-                self.string()?;
-            }
-        }
+        let parent = if info & 0xc0 == 0 {
+            self.parent_and_key(info)?
+        } else {
+            None
+        };
         let len = match info & 0x0f {
             // Deleted content.
             1 => u64::from(self.var_u32()?),
@@ -471,14 +480,7 @@ pub(crate) fn with_origin_at(run: &Run<'_>, known: u32) -> Option<(u32, u32, Vec
             buf: run.bytes,
             pos: from + 1,
         };
-        if content.var_u32().ok()? == 1 {
-            content.string().ok()?;
-        } else {
-            content.id().ok()?;
-        }
-        if info & 0x20 != 0 {
-            content.string().ok()?;
-        }
+        content.parent_and_key(info).ok()?;
         let rest = &run.bytes[content.pos..];
         let mut out = Vec::with_capacity(rest.len() + 16);
         out.push(0x80 | (info & 0x1f));
