@@ -1,5 +1,6 @@
 //! `YDoc`: a Yjs document that validates every update before it changes any state.
 
+use std::borrow::Cow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use yrs::updates::decoder::Decode;
@@ -391,30 +392,38 @@ fn apply_ready(
         }
     }
     // A run that starts before its client's clock may need its cut struct rewritten so that
-    // yrs places the rest consistently (see `v1::with_origin_at`).
-    let rewritten: Vec<Option<(u32, u32, Vec<u8>)>> = ready
-        .iter()
-        .map(|run| {
-            let local = sv.get(&ClientID::new(run.client));
-            (run.clock < local)
-                .then(|| v1::with_origin_at(run, local))
-                .flatten()
-        })
-        .collect();
+    // yrs places the rest consistently (see `v1::with_origin_at`). Only sliced runs can.
+    let rewritten: Vec<Option<(u32, u32, Vec<u8>)>> = if sliced {
+        ready
+            .iter()
+            .map(|run| {
+                let local = sv.get(&ClientID::new(run.client));
+                (run.clock < local)
+                    .then(|| v1::with_origin_at(run, local))
+                    .flatten()
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let rewrites = rewritten.iter().any(Option::is_some);
-    let handed: Vec<Run<'_>> = ready
-        .iter()
-        .zip(&rewritten)
-        .map(|(run, rewrite)| match rewrite {
-            Some((clock, structs, bytes)) => Run {
-                clock: *clock,
-                structs: *structs,
-                bytes,
-                ..*run
-            },
-            None => *run,
-        })
-        .collect();
+    let handed: Cow<'_, [Run<'_>]> = if rewrites {
+        ready
+            .iter()
+            .zip(&rewritten)
+            .map(|(run, rewrite)| match rewrite {
+                Some((clock, structs, bytes)) => Run {
+                    clock: *clock,
+                    structs: *structs,
+                    bytes,
+                    ..*run
+                },
+                None => *run,
+            })
+            .collect()
+    } else {
+        Cow::Borrowed(&ready)
+    };
     // yrs refuses a struct whose parent is no shared type only once it has integrated what came
     // before it: such an update is refused here, before anything changes.
     if scan.parents_by_id {
