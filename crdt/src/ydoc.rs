@@ -427,10 +427,16 @@ fn apply_ready(
     // yrs refuses a struct whose parent is no shared type only once it has integrated what came
     // before it: such an update is refused here, before anything changes.
     if scan.parents_by_id {
+        // The document's deletions, gathered once, the first time a parent is no live type:
+        // an update naming many deleted parents must not walk the document for each.
+        let deleted = std::cell::OnceCell::new();
         let document = |client: u64, clock: u32| {
             let id = ID::new(ClientID::new(client), clock);
             (clock < sv.get(&ClientID::new(client))).then(|| {
-                BranchID::get_nested(&txn, &id).is_some() || txn.snapshot().delete_set.contains(&id)
+                BranchID::get_nested(&txn, &id).is_some()
+                    || deleted
+                        .get_or_init(|| txn.snapshot().delete_set)
+                        .contains(&id)
             })
         };
         if let Some((client, clock)) = v1::non_type_parent(&handed, document) {
