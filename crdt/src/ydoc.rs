@@ -6,8 +6,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{
-    BranchID, ClientID, Doc, GetString, ReadTxn, StateVector, Transact, TransactionMut, Update,
-    WriteTxn, ID,
+    BranchID, ClientID, Doc, GetString, Options, ReadTxn, StateVector, Transact, TransactionMut,
+    Update, WriteTxn, ID,
 };
 
 use crate::v1::{self, Run, Scan};
@@ -102,10 +102,8 @@ impl std::fmt::Debug for YDoc {
 impl YDoc {
     /// An empty document.
     pub fn new(limits: DocLimits) -> YDoc {
-        // The server never edits, so its own client id is irrelevant; skip_gc stays false so
-        // deleted content is collected as in Yjs.
         YDoc {
-            doc: Doc::with_client_id(0),
+            doc: Doc::with_options(server_options()),
             limits,
             bytes_estimate: 0,
             poisoned: false,
@@ -285,6 +283,22 @@ impl YDoc {
         txn.get_text(name)
             .map(|t| t.get_string(&txn))
             .unwrap_or_default()
+    }
+}
+
+/// The options of every document the server holds. The server never edits, so its own client id
+/// is irrelevant; `skip_gc` stays false so deleted content is collected as in Yjs (collection
+/// changes how a deleted item is stored, never what any replica sees). `cleanup_formatting` is
+/// off: with it, yrs deletes formatting markers that a remote change left dangling, in the
+/// transaction that applies the change. Those deletions are an edit of the server's own, which
+/// no client is sent; each client's Yjs then makes the same cleanup and sends it, the server
+/// finds it already known and forwards it to no one, and a client that made no cleanup of its own
+/// (the one whose change caused it, say) never hears of it. Cleanup is the clients' business: the
+/// server holds exactly what they sent.
+fn server_options() -> Options {
+    Options {
+        cleanup_formatting: false,
+        ..Options::with_client_id(ClientID::new(0))
     }
 }
 
@@ -772,6 +786,55 @@ mod tests {
         gone.apply_update(&deleted).unwrap();
         assert!(gone.apply_update(&written).unwrap().changed);
         assert!(gone.apply_update(&written).is_ok());
+    }
+
+    #[test]
+    fn the_document_makes_no_edit_of_its_own_when_formatting_is_left_dangling() {
+        use std::collections::HashMap;
+        use yrs::types::Attrs;
+        use yrs::updates::decoder::Decode;
+        // A writes "hello world"; B formats "world" bold; C, not having seen the format,
+        // deletes "world". B's two markers then enclose deleted text only: a Yjs client that
+        // applies both cleans them up and sends that deletion itself.
+        let a = Doc::with_client_id(1);
+        let text = a.get_or_insert_text("t");
+        let written = {
+            let mut txn = a.transact_mut();
+            text.insert(&mut txn, 0, "hello world");
+            txn.encode_update_v1()
+        };
+        let replica = |id: u64| {
+            let doc = Doc::with_client_id(id);
+            doc.transact_mut()
+                .apply_update(Update::decode_v1(&written).unwrap())
+                .unwrap();
+            doc
+        };
+        let b = replica(2);
+        let formatted = {
+            let t = b.get_or_insert_text("t");
+            let mut txn = b.transact_mut();
+            let bold: Attrs = HashMap::from([("bold".into(), true.into())]);
+            t.format(&mut txn, 6, 5, bold);
+            txn.encode_update_v1()
+        };
+        let c = replica(3);
+        let deleted = {
+            let t = c.get_or_insert_text("t");
+            let mut txn = c.transact_mut();
+            t.remove_range(&mut txn, 6, 5);
+            txn.encode_update_v1()
+        };
+        let mut doc = YDoc::new(DocLimits::DEFAULT);
+        for update in [&written, &formatted, &deleted] {
+            doc.apply_update(update).unwrap();
+        }
+        // The document deleted exactly what C deleted: none of B's markers.
+        let snapshot = Update::decode_v1(&doc.snapshot()).unwrap();
+        let ds = snapshot.delete_set();
+        assert!(ds.contains(&ID::new(ClientID::new(1), 6)));
+        assert!(!ds.contains(&ID::new(ClientID::new(2), 0)));
+        assert!(!ds.contains(&ID::new(ClientID::new(2), 1)));
     }
 
     #[test]
