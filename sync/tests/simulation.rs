@@ -6,15 +6,21 @@
 //! Each client is a `yrs::Doc` running the y-sync client logic, written here with yrs's own
 //! codec (`yrs::sync`), independent of roomd's: when its connection opens it sends sync step 1
 //! (and its awareness state); it answers a step 1 with a step 2; it applies every step 2 and
-//! update; it sends each local edit (random text inserts and deletes, map sets and removals) as
-//! an update while connected. Remote updates go through `roomd_crdt::bare::apply`, the same
-//! guard the server's documents use, because yrs 0.28 on its own corrupts documents that receive
-//! updates out of order (Yjs clients handle that correctly). The room core is one `YjsDocSession`; every `Output::Append` goes
-//! to a log that stands for storage, and the room is sometimes restarted from that log (after an
-//! optional compaction into one snapshot), as the server does when a room unloads and loads
-//! again. In half of the seeds, frames that reach the server in the same tick are handed to
-//! `receive_many` together (which merges runs of updates), as a room does with what has queued
-//! in its inbox.
+//! update; it sends each local change as an update while connected. Local changes are rich-text
+//! edits (inserts with and without formatting attributes, formats that set and remove
+//! attributes, deletes, embeds), map sets and removals, and undo and redo through a
+//! `yrs::UndoManager` (so undo-shaped updates reach the server: items brought back as new
+//! structs, deletions of other clients' formatting). Like a Yjs client, a client that applies a
+//! remote change to formatted text cleans up the formatting markers it left dangling and sends
+//! that cleanup as a change of its own. Remote updates go through `roomd_crdt::bare::apply`, the
+//! same guard the server's documents use, because yrs 0.28 on its own corrupts documents that
+//! receive updates out of order (Yjs clients handle that correctly). The room core is one
+//! `YjsDocSession`; every `Output::Append` goes to a log that stands for storage, and the room is
+//! sometimes restarted from that log (after an optional compaction into one snapshot), as the
+//! server does when a room unloads and loads again. In half of the seeds, frames that reach the
+//! server in the same tick are handed to `receive_many` together (which merges runs of updates),
+//! as a room does with what has queued in its inbox. Since messages are reordered, a replica (the
+//! server included) often receives the deletion of an item before the item itself.
 //!
 //! # The network model, and what the protocol can guarantee
 //!
@@ -44,8 +50,9 @@
 //! At the end the network heals (no more drops, disconnects or restarts; delays and duplicates
 //! continue), every disconnected client reconnects, connected clients keep their connections,
 //! and the network drains. Then every client, the session's document and the document rebuilt
-//! from the log must be identical: same text, same map, same state vector, same encoded state,
-//! and nothing pending or waiting anywhere.
+//! from the log must be identical: same text with the same formatting and embeds, same map, same
+//! state vector, same encoded state (delete set included), and nothing pending or waiting
+//! anywhere.
 //!
 //! # Running it
 //!
@@ -56,6 +63,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use rand::rngs::SmallRng;
@@ -64,7 +72,9 @@ use roomd_crdt::{DocLimits, YDoc};
 use roomd_sync::{ConnId, MessageLimits, Output, SessionLimits, YjsDocSession};
 use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
 use yrs::sync::{Message as YMessage, MessageReader, SyncMessage as YSync};
-use yrs::types::ToJson;
+use yrs::types::text::Diff;
+use yrs::types::{Attrs, ToJson};
+use yrs::undo::{Options as UndoOptions, UndoManager};
 use yrs::updates::decoder::{Decode, DecoderV1};
 use yrs::updates::encoder::Encode;
 use yrs::{
@@ -170,6 +180,14 @@ struct Stats {
     edits: u64,
     /// Batches of more than one frame handed to `receive_many`.
     batches: u64,
+    /// Formats (setting or removing attributes) and inserts with attributes.
+    formats: u64,
+    /// Undo and redo steps that changed the document.
+    undos: u64,
+    /// Formatting cleanups clients sent after applying a remote change.
+    cleanups: u64,
+    /// Frames after which the server held something waiting for missing structs.
+    waits: u64,
 }
 
 impl Stats {
@@ -181,13 +199,25 @@ impl Stats {
         self.restarts += o.restarts;
         self.edits += o.edits;
         self.batches += o.batches;
+        self.formats += o.formats;
+        self.undos += o.undos;
+        self.cleanups += o.cleanups;
+        self.waits += o.waits;
     }
 }
+
+/// The origin of a client's own edits, which its undo manager tracks; remote updates are applied
+/// without an origin.
+const LOCAL: &str = "local";
 
 struct Client {
     doc: Doc,
     text: TextRef,
     map: MapRef,
+    undo: UndoManager<()>,
+    /// What the client changed itself, as updates to send: its edits, its undo and redo steps,
+    /// and the formatting cleanups it made while applying remote changes.
+    changes: Arc<Mutex<Vec<Vec<u8>>>>,
     conn: Option<ConnId>,
     awareness_clock: u32,
     /// Updates waiting for missing structs (see [`Client::apply`]).
@@ -199,10 +229,42 @@ impl Client {
         let doc = Doc::with_client_id(id);
         let text = doc.get_or_insert_text(TEXT);
         let map = doc.get_or_insert_map(MAP);
+        let mut undo = UndoManager::with_options(UndoOptions {
+            // Every edit is its own undo step, whatever the wall clock says.
+            capture_timeout_millis: 0,
+            ..UndoOptions::default()
+        });
+        undo.expand_scope(&doc, &text);
+        undo.expand_scope(&doc, &map);
+        undo.include_origin(LOCAL);
+        let changes = Arc::new(Mutex::new(Vec::new()));
+        // Edits and undo steps carry an origin; a remote update is applied without one.
+        let own = Arc::clone(&changes);
+        doc.observe_update_v1("changes", move |txn, event| {
+            if txn.origin().is_some() {
+                own.lock().unwrap().push(event.update.clone());
+            }
+        })
+        .unwrap();
+        // yrs deletes formatting markers that a remote change left dangling inside the
+        // transaction that applied it; a Yjs client does the same in a transaction of its own,
+        // which it sends on. So the cleanup goes out as a deletion of the client's own.
+        let cleanups = Arc::clone(&changes);
+        doc.observe_after_transaction("cleanups", move |txn| {
+            if txn.origin().is_none() && !txn.cleanups().is_empty() {
+                // A v1 update with no structs: a zero client count, then the delete set.
+                let mut update = vec![0];
+                update.extend(txn.cleanups().encode_v1());
+                cleanups.lock().unwrap().push(update);
+            }
+        })
+        .unwrap();
         Client {
             doc,
             text,
             map,
+            undo,
+            changes,
             conn: None,
             awareness_clock: 0,
             waiting: Vec::new(),
@@ -215,6 +277,11 @@ impl Client {
         if let Err(e) = roomd_crdt::bare::apply(&self.doc, &mut self.waiting, update) {
             panic!("an update from the server does not apply: {e}");
         }
+    }
+
+    /// The changes made since the last call, to be sent.
+    fn take_changes(&self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut *self.changes.lock().unwrap())
     }
 
     /// What the holder of `sv` lacks, waiting updates included.
@@ -245,6 +312,29 @@ struct Sim {
     stats: Stats,
 }
 
+/// Formatting attributes: for an insert, one or two set; for a format, some set and some removed
+/// (a `null` value).
+fn random_attrs(rng: &mut SmallRng, may_remove: bool) -> Attrs {
+    let mut attrs = Attrs::new();
+    for _ in 0..rng.random_range(1..=2) {
+        let (key, value) = match rng.random_range(0..3) {
+            0 => ("bold", Any::Bool(true)),
+            1 => ("italic", Any::Bool(true)),
+            _ => (
+                "color",
+                Any::from(["red", "blue"][rng.random_range(0..2)].to_string()),
+            ),
+        };
+        let value = if may_remove && rng.random_bool(0.3) {
+            Any::Null
+        } else {
+            value
+        };
+        attrs.insert(key.into(), value);
+    }
+    attrs
+}
+
 fn doc_limits() -> DocLimits {
     DocLimits::DEFAULT
 }
@@ -268,6 +358,8 @@ fn rebuild(log: &[Bytes]) -> YDoc {
 #[derive(Debug, PartialEq)]
 struct Content {
     text: String,
+    /// The text as chunks with their formatting attributes; embeds are chunks of their own.
+    rich: Vec<Diff<()>>,
     map: Any,
     state_vector: StateVector,
     pending: bool,
@@ -279,6 +371,10 @@ fn content(doc: &Doc) -> Content {
         text: txn
             .get_text(TEXT)
             .map(|t| t.get_string(&txn))
+            .unwrap_or_default(),
+        rich: txn
+            .get_text(TEXT)
+            .map(|t| t.diff(&txn, |_| ()))
             .unwrap_or_default(),
         map: txn
             .get_map(MAP)
@@ -445,49 +541,91 @@ impl Sim {
         }
     }
 
-    /// A random local edit by `client`, sent as an update when it is connected.
+    /// A random local change by `client`, sent as updates when it is connected.
     fn edit(&mut self, client: usize) {
-        let kind = self.rng.random_range(0..10);
-        let c = &self.clients[client];
-        let update = {
-            let mut txn = c.doc.transact_mut();
-            let len = c.text.len(&txn);
-            match kind {
-                0..=4 => {
-                    let at = self.rng.random_range(0..=len);
-                    let n = self.rng.random_range(1..=4);
-                    let s: String = (0..n)
-                        .map(|_| char::from(b'a' + self.rng.random_range(0..26u8)))
-                        .collect();
-                    c.text.insert(&mut txn, at, &s);
-                }
-                5..=6 if len > 0 => {
-                    let at = self.rng.random_range(0..len);
-                    let n = self.rng.random_range(1..=(len - at).min(6));
-                    c.text.remove_range(&mut txn, at, n);
-                }
-                7 => {
-                    let key = ["a", "b", "c", "d"][self.rng.random_range(0..4)];
-                    c.map.remove(&mut txn, key);
-                }
-                _ => {
-                    let key = ["a", "b", "c", "d"][self.rng.random_range(0..4)];
-                    let value = self.rng.random_range(0..1000i64);
-                    if self.rng.random_bool(0.5) {
-                        c.map.insert(&mut txn, key, value);
-                    } else {
-                        c.map.insert(&mut txn, key, format!("v{value}"));
+        let kind = self.rng.random_range(0..20);
+        let c = &mut self.clients[client];
+        match kind {
+            0..=13 => {
+                let mut txn = c.doc.transact_mut_with(LOCAL);
+                let len = c.text.len(&txn);
+                match kind {
+                    0..=3 => {
+                        let at = self.rng.random_range(0..=len);
+                        let n = self.rng.random_range(1..=4);
+                        let s: String = (0..n)
+                            .map(|_| char::from(b'a' + self.rng.random_range(0..26u8)))
+                            .collect();
+                        if self.rng.random_bool(0.5) {
+                            c.text.insert(&mut txn, at, &s);
+                        } else {
+                            let attrs = random_attrs(&mut self.rng, false);
+                            c.text.insert_with_attributes(&mut txn, at, &s, attrs);
+                            self.stats.formats += 1;
+                        }
+                    }
+                    4..=5 if len > 0 => {
+                        let at = self.rng.random_range(0..len);
+                        let n = self.rng.random_range(1..=(len - at).min(6));
+                        c.text.remove_range(&mut txn, at, n);
+                    }
+                    6..=7 if len > 0 => {
+                        let at = self.rng.random_range(0..len);
+                        let n = self.rng.random_range(1..=(len - at).min(6));
+                        let attrs = random_attrs(&mut self.rng, true);
+                        c.text.format(&mut txn, at, n, attrs);
+                        self.stats.formats += 1;
+                    }
+                    8 => {
+                        let at = self.rng.random_range(0..=len);
+                        let image = Any::from(format!("img{}", self.rng.random_range(0..100)));
+                        if self.rng.random_bool(0.5) {
+                            c.text.insert_embed(&mut txn, at, image);
+                        } else {
+                            let attrs = random_attrs(&mut self.rng, false);
+                            c.text
+                                .insert_embed_with_attributes(&mut txn, at, image, attrs);
+                        }
+                    }
+                    9 => {
+                        let key = ["a", "b", "c", "d"][self.rng.random_range(0..4)];
+                        c.map.remove(&mut txn, key);
+                    }
+                    _ => {
+                        let key = ["a", "b", "c", "d"][self.rng.random_range(0..4)];
+                        let value = self.rng.random_range(0..1000i64);
+                        if self.rng.random_bool(0.5) {
+                            c.map.insert(&mut txn, key, value);
+                        } else {
+                            c.map.insert(&mut txn, key, format!("v{value}"));
+                        }
                     }
                 }
             }
-            txn.encode_update_v1()
-        };
-        // A transaction that changed nothing (removing an absent key) encodes as `[0, 0]`.
-        if update == [0, 0] {
-            return;
+            14..=17 => {
+                if c.undo.undo_blocking() {
+                    self.stats.undos += 1;
+                }
+            }
+            _ => {
+                if c.undo.redo_blocking() {
+                    self.stats.undos += 1;
+                }
+            }
         }
-        self.stats.edits += 1;
-        if let Some(conn) = self.clients[client].conn {
+        // A transaction that changed nothing (removing an absent key) sends nothing.
+        let changes = self.clients[client].take_changes();
+        self.stats.edits += changes.len() as u64;
+        self.send_changes(client, changes);
+    }
+
+    /// Sends `client`'s own changes as updates, while it is connected; offline, they reach the
+    /// server with the handshake of its next connection.
+    fn send_changes(&mut self, client: usize, changes: Vec<Vec<u8>>) {
+        let Some(conn) = self.clients[client].conn else {
+            return;
+        };
+        for update in changes {
             self.transmit(Event::ToServer {
                 conn,
                 frame: sync_frame(YSync::Update(update)),
@@ -512,6 +650,9 @@ impl Sim {
             }
             YMessage::Sync(YSync::SyncStep2(u) | YSync::Update(u)) => {
                 self.clients[client].apply(&u);
+                let cleanups = self.clients[client].take_changes();
+                self.stats.cleanups += cleanups.len() as u64;
+                self.send_changes(client, cleanups);
             }
             YMessage::Awareness(update) => {
                 assert!(
@@ -533,6 +674,7 @@ impl Sim {
                 self.stats.delivered += 1;
                 let mut out = Vec::new();
                 self.session.receive(conn, &frame, &mut out);
+                self.count_waiting();
                 self.carry_out(out);
             }
             Event::ToClient { conn, frame } => {
@@ -612,6 +754,10 @@ impl Sim {
         self.check();
     }
 
+    fn count_waiting(&mut self) {
+        self.stats.waits += u64::from(self.session.doc().pending_updates() > 0);
+    }
+
     /// Hands the server `frame` together with every other frame for it that is due now.
     fn server_receive_batch(&mut self, conn: ConnId, frame: Bytes) {
         let mut frames = vec![(conn, frame)];
@@ -628,6 +774,7 @@ impl Sim {
         self.stats.batches += u64::from(frames.len() > 1);
         let mut out = Vec::new();
         self.session.receive_many(&frames, &mut out);
+        self.count_waiting();
         self.carry_out(out);
     }
 
@@ -753,5 +900,7 @@ fn replicas_converge_under_faults() {
         assert!(total.connects > total.restarts + seeds * 2);
         assert!(total.edits > seeds * 10);
         assert!(total.batches > seeds);
+        assert!(total.formats > seeds * 2 && total.undos > seeds && total.cleanups > 0);
+        assert!(total.waits > seeds);
     }
 }
