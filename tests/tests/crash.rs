@@ -5,7 +5,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use roomd_tests::{http_get, roomd_bin, YClient, WAIT};
+use roomd_tests::{http_get, roomd_bin, run_node, YClient, WAIT};
 use tokio::process::{Child, Command};
 
 const CYCLES: usize = 20;
@@ -123,6 +123,27 @@ async fn nothing_flushed_is_lost_across_repeated_kill_9() {
     let mut child = spawn(&data, port).await;
     let c = YClient::connect(&format!("ws://127.0.0.1:{port}/v1/rooms/crash/yjs/doc"), 9).await;
     assert_eq!(c.text("t"), expected);
+    child.kill().await.unwrap();
+}
+
+/// Rich-text history (an offline delete, a concurrent format, an undo, the clients' formatting
+/// cleanups) comes back exactly after `kill -9`, from a log folded into snapshots as it grows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rich_text_history_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let state = dir.path().join("state.json");
+    let state = state.to_str().unwrap();
+    let port = free_port();
+    let mut child = spawn_with(&data, port, &["--compact-log-bytes", "64"]).await;
+    let base = format!("ws://127.0.0.1:{port}/v1/rooms/rich/yjs");
+    run_node("format-undo.mjs", &[&base, "record", state]).await;
+    wait_durable(port).await;
+    child.kill().await.unwrap();
+    let port = free_port();
+    let mut child = spawn(&data, port).await;
+    let base = format!("ws://127.0.0.1:{port}/v1/rooms/rich/yjs");
+    run_node("format-undo.mjs", &[&base, "check", state]).await;
     child.kill().await.unwrap();
 }
 

@@ -61,3 +61,31 @@ async fn content_survives_a_restart() {
     run_node("restart.mjs", &["check", &server.yjs_base("room-x")]).await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_delete_that_meets_a_format_and_is_undone_converges_and_survives_a_restart() {
+    let mut server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let state = state.to_str().unwrap();
+    run_node(
+        "format-undo.mjs",
+        &[&server.yjs_base("room-x"), "record", state],
+    )
+    .await;
+    server.restart().await;
+    run_node(
+        "format-undo.mjs",
+        &[&server.yjs_base("room-x"), "check", state],
+    )
+    .await;
+    server.stop().await;
+}
+
+/// Seeds 0..400 of `rich-seeds.mjs`; `node rich-seeds.mjs URL FIRST COUNT` runs others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_rich_text_runs_with_offline_periods_and_undo_converge() {
+    let server = TestServer::start().await;
+    run_node("rich-seeds.mjs", &[&server.yjs_base("room-x"), "0", "400"]).await;
+    server.stop().await;
+}
