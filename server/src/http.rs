@@ -70,7 +70,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.ctx.metrics.render(&app.ctx.store),
+        app.ctx.metrics.render(),
     )
         .into_response()
 }

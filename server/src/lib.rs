@@ -77,8 +77,8 @@ impl Server {
         let local_addr = listener.local_addr()?;
         let ctx = Arc::new(AppCtx {
             config,
+            metrics: Metrics::new(&store),
             store,
-            metrics: Metrics::default(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
         });
@@ -165,12 +165,15 @@ async fn flush_loop(ctx: Arc<AppCtx>) {
             continue;
         }
         let store = ctx.store.clone();
-        match tokio::task::spawn_blocking(move || store.flush()).await {
+        let started = std::time::Instant::now();
+        let flushed = tokio::task::spawn_blocking(move || store.flush()).await;
+        ctx.metrics
+            .flush_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match flushed {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                ctx.metrics
-                    .storage_errors_total
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                ctx.metrics.storage_errors_total.inc();
                 tracing::error!(error = %e, "flush failed");
             }
             Err(e) => tracing::error!(error = %e, "flush task failed"),

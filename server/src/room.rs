@@ -2,7 +2,6 @@
 //! bounded channel of [`RoomCmd`]s.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -158,10 +157,7 @@ impl Room {
 
     /// Runs the room until it unloads (idle) or the server shuts down.
     pub async fn run(mut self, mut rx: mpsc::Receiver<RoomCmd>) {
-        self.ctx
-            .metrics
-            .rooms_active
-            .fetch_add(1, Ordering::Relaxed);
+        self.ctx.metrics.rooms_active.inc();
         tracing::debug!(room = %self.name, "room loaded");
         let idle_timeout = self.ctx.config.room_idle_timeout;
         let idle = tokio::time::sleep(idle_timeout);
@@ -222,15 +218,9 @@ impl Room {
         }
         self.persist_all().await;
         self.rooms.remove(&self.name, self.generation);
-        let docs = self.docs.len() as u64;
-        self.ctx
-            .metrics
-            .docs_loaded
-            .fetch_sub(docs, Ordering::Relaxed);
-        self.ctx
-            .metrics
-            .rooms_active
-            .fetch_sub(1, Ordering::Relaxed);
+        let docs = self.docs.len() as i64;
+        self.ctx.metrics.docs_loaded.dec_by(docs);
+        self.ctx.metrics.rooms_active.dec();
         tracing::debug!(room = %self.name, "room unloaded");
     }
 
@@ -277,10 +267,15 @@ impl Room {
         let Some(d) = self.docs.get_mut(doc) else {
             return;
         };
+        let started = std::time::Instant::now();
         match frames {
             [(conn, frame)] => d.session.receive(*conn, frame, &mut out),
             _ => d.session.receive_many(frames, &mut out),
         }
+        self.ctx
+            .metrics
+            .update_apply_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.carry_out(doc, out);
         self.heal_if_poisoned(doc).await;
     }
@@ -446,7 +441,7 @@ impl Room {
             return;
         };
         self.docs.insert(doc.clone(), state);
-        self.ctx.metrics.docs_loaded.fetch_add(1, Ordering::Relaxed);
+        self.ctx.metrics.docs_loaded.inc();
         for conn in loading.joined {
             if !self.outboxes.contains_key(&conn) {
                 // Gone (or closed) before the document was ready; its leave is queued.
@@ -528,10 +523,7 @@ impl Room {
                     };
                     match outbox.push(frame) {
                         Ok(()) => {
-                            self.ctx
-                                .metrics
-                                .frames_sent_total
-                                .fetch_add(1, Ordering::Relaxed);
+                            self.ctx.metrics.frames_sent_total.inc();
                         }
                         Err(PushError::Full) => {
                             tracing::info!(room = %self.name, %doc, conn = conn.0, "closing slow reader");
@@ -557,18 +549,12 @@ impl Room {
                     d.next_seq += 1;
                     match self.ctx.store.append(&d.key, seq, &update) {
                         Ok(()) => {
-                            self.ctx
-                                .metrics
-                                .updates_appended_total
-                                .fetch_add(1, Ordering::Relaxed);
+                            self.ctx.metrics.updates_appended_total.inc();
                             d.log_bytes += update.len();
                             compact |= d.log_bytes >= self.ctx.config.compact_log_bytes;
                         }
                         Err(e) => {
-                            self.ctx
-                                .metrics
-                                .storage_errors_total
-                                .fetch_add(1, Ordering::Relaxed);
+                            self.ctx.metrics.storage_errors_total.inc();
                             tracing::error!(room = %self.name, %doc, error = %e, "append failed");
                         }
                     }
@@ -613,7 +599,7 @@ impl Room {
             Err(e) => {
                 tracing::error!(room = %self.name, %doc, error = %e, "reload failed; closing the document");
                 if let Some(d) = self.docs.remove(doc) {
-                    self.ctx.metrics.docs_loaded.fetch_sub(1, Ordering::Relaxed);
+                    self.ctx.metrics.docs_loaded.dec();
                     drop(d);
                 }
             }
@@ -630,7 +616,7 @@ impl Room {
         for name in unused {
             if let Some(mut d) = self.docs.remove(&name) {
                 persist_doc(&self.ctx, &mut d).await;
-                self.ctx.metrics.docs_loaded.fetch_sub(1, Ordering::Relaxed);
+                self.ctx.metrics.docs_loaded.dec();
             }
         }
     }
@@ -700,14 +686,10 @@ fn start_compaction(ctx: &Arc<AppCtx>, d: &mut DocState) {
         }
         match ctx.store.compact(&key, &snapshot, covered) {
             Ok(()) => {
-                ctx.metrics
-                    .compactions_total
-                    .fetch_add(1, Ordering::Relaxed);
+                ctx.metrics.compactions_total.inc();
             }
             Err(e) => {
-                ctx.metrics
-                    .storage_errors_total
-                    .fetch_add(1, Ordering::Relaxed);
+                ctx.metrics.storage_errors_total.inc();
                 tracing::error!(error = %e, "compaction failed");
             }
         }

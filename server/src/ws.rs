@@ -119,20 +119,20 @@ pub fn serve_socket(
             app.ctx.config.limits.message_bytes_max,
         );
         let metrics = &app.ctx.metrics;
-        metrics.connections_open.fetch_add(1, Ordering::AcqRel);
-        metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+        metrics.connections_open.inc();
+        metrics.connections_total.inc();
         let exit = join_and_run(&mut socket, &app, &room, &doc).await;
         if let Exit::Close(code, reason) = exit {
             close(&mut socket, &app, code, &reason).await;
         }
-        metrics.connections_open.fetch_sub(1, Ordering::AcqRel);
+        metrics.connections_open.dec();
     }
 }
 
 /// Joins the connection to its room and runs it until it ends; then leaves the room.
 async fn join_and_run(socket: &mut WebSocket, app: &App, room: &str, doc: &Arc<str>) -> Exit {
     let limits = &app.ctx.config.limits;
-    if app.ctx.metrics.connections_open.load(Ordering::Acquire) > limits.connections_max as u64 {
+    if app.ctx.metrics.connections_open.get() > limits.connections_max as i64 {
         return Exit::Close(
             CloseCode::TryAgain,
             "server connection limit reached".into(),
@@ -276,10 +276,7 @@ async fn run(
         match rate.admit(Instant::now()) {
             Admit::Go => {}
             Admit::WaitUntil(t) => {
-                app.ctx
-                    .metrics
-                    .reads_throttled_total
-                    .fetch_add(1, Ordering::Relaxed);
+                app.ctx.metrics.reads_throttled_total.inc();
                 resume = Some(Box::pin(tokio::time::sleep_until(t)));
             }
             Admit::Close => {
@@ -287,10 +284,7 @@ async fn run(
             }
         }
         let Some(frame) = frame else { continue };
-        app.ctx
-            .metrics
-            .frames_received_total
-            .fetch_add(1, Ordering::Relaxed);
+        app.ctx.metrics.frames_received_total.inc();
         let cmd = RoomCmd::Frame {
             doc: doc.clone(),
             conn,
