@@ -1,4 +1,10 @@
 //! The WebSocket close codes roomd uses, one table for every protocol (see `docs/protocol.md`).
+//!
+//! The bands follow the convention stock y-websocket providers (3.x) implement: 4400–4499 is
+//! final (reconnecting gives the same answer until the application acts, so the provider stops
+//! and tells the application why), 4500–4599 and everything else is transient (the provider
+//! reconnects with backoff and resyncs). A condition that passes must never get a 44xx code, or
+//! an editor goes offline for good.
 
 /// Why roomd closes a connection. The numeric values are part of the public contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -13,31 +19,38 @@ pub enum CloseCode {
     Unauthorized,
     /// 4403: the credentials do not allow this operation.
     Forbidden,
-    /// 4408: the client read too slowly and its outbox filled; reconnect to resync.
-    TooSlow,
+    /// 4410: the room or document was deleted.
+    Deleted,
     /// 4413: a message, or the document it would grow, exceeds a size limit.
     TooLarge,
-    /// 4429: the client sent messages faster than its rate limit.
-    RateLimited,
+    /// 4429: the client's address made too many failed authentication attempts.
+    TooManyFailures,
     /// 4500: the server failed while handling the client's input; reconnect to resync.
     Internal,
     /// 4503: the server cannot take the connection now (a connection limit); try again later.
     TryAgain,
+    /// 4508: the client read too slowly and its outbox filled; reconnect to resync.
+    TooSlow,
+    /// 4529: the client kept sending faster than its rate limit, even throttled; reconnect
+    /// with backoff.
+    RateLimited,
 }
 
 impl CloseCode {
     /// Every code, in table order.
-    pub const ALL: [CloseCode; 10] = [
+    pub const ALL: [CloseCode; 12] = [
         CloseCode::Normal,
         CloseCode::GoingAway,
         CloseCode::ProtocolError,
         CloseCode::Unauthorized,
         CloseCode::Forbidden,
-        CloseCode::TooSlow,
+        CloseCode::Deleted,
         CloseCode::TooLarge,
-        CloseCode::RateLimited,
+        CloseCode::TooManyFailures,
         CloseCode::Internal,
         CloseCode::TryAgain,
+        CloseCode::TooSlow,
+        CloseCode::RateLimited,
     ];
 
     /// The numeric code sent in the close frame.
@@ -48,17 +61,24 @@ impl CloseCode {
             CloseCode::ProtocolError => 4400,
             CloseCode::Unauthorized => 4401,
             CloseCode::Forbidden => 4403,
-            CloseCode::TooSlow => 4408,
+            CloseCode::Deleted => 4410,
             CloseCode::TooLarge => 4413,
-            CloseCode::RateLimited => 4429,
+            CloseCode::TooManyFailures => 4429,
             CloseCode::Internal => 4500,
             CloseCode::TryAgain => 4503,
+            CloseCode::TooSlow => 4508,
+            CloseCode::RateLimited => 4529,
         }
     }
 
     /// The code for a number, if it is one of roomd's.
     pub fn from_code(code: u16) -> Option<CloseCode> {
         CloseCode::ALL.into_iter().find(|c| c.code() == code)
+    }
+
+    /// True when a stock provider should not reconnect: the 4400–4499 band.
+    pub fn is_final(self) -> bool {
+        (4400..4500).contains(&self.code())
     }
 
     /// A short stable name, used in logs and metrics.
@@ -69,8 +89,10 @@ impl CloseCode {
             CloseCode::ProtocolError => "protocol_error",
             CloseCode::Unauthorized => "unauthorized",
             CloseCode::Forbidden => "forbidden",
-            CloseCode::TooSlow => "too_slow",
+            CloseCode::Deleted => "deleted",
             CloseCode::TooLarge => "too_large",
+            CloseCode::TooManyFailures => "too_many_failures",
+            CloseCode::TooSlow => "too_slow",
             CloseCode::RateLimited => "rate_limited",
             CloseCode::Internal => "internal",
             CloseCode::TryAgain => "try_again",
@@ -88,7 +110,31 @@ mod tests {
             assert_eq!(CloseCode::from_code(c.code()), Some(c));
         }
         let mut codes: Vec<u16> = CloseCode::ALL.iter().map(|c| c.code()).collect();
+        codes.sort_unstable();
         codes.dedup();
         assert_eq!(codes.len(), CloseCode::ALL.len());
+    }
+
+    #[test]
+    fn conditions_that_pass_are_never_final() {
+        for c in [
+            CloseCode::GoingAway,
+            CloseCode::Internal,
+            CloseCode::TryAgain,
+            CloseCode::TooSlow,
+            CloseCode::RateLimited,
+        ] {
+            assert!(!c.is_final(), "{c:?}");
+        }
+        for c in [
+            CloseCode::ProtocolError,
+            CloseCode::Unauthorized,
+            CloseCode::Forbidden,
+            CloseCode::Deleted,
+            CloseCode::TooLarge,
+            CloseCode::TooManyFailures,
+        ] {
+            assert!(c.is_final(), "{c:?}");
+        }
     }
 }
