@@ -7,6 +7,7 @@ mod limits;
 #[cfg(feature = "trace")]
 pub mod trace;
 mod v1;
+mod views;
 mod ydoc;
 
 pub use limits::DocLimits;

@@ -68,11 +68,11 @@ pub struct Applied {
 
 /// A Yjs document under roomd's limits.
 pub struct YDoc {
-    doc: Doc,
+    pub(crate) doc: Doc,
     limits: DocLimits,
     /// Encoded size of the last snapshot plus every update applied since: an upper bound on
     /// the document's encoded size, re-based at each [`YDoc::rebase_size`].
-    bytes_estimate: usize,
+    pub(crate) bytes_estimate: usize,
     poisoned: bool,
     /// What cannot be integrated yet, as v1 updates: runs of structs that do not continue the
     /// document (earlier structs of their client are missing), structs whose dependencies are
@@ -85,7 +85,7 @@ pub struct YDoc {
     /// The snapshot this document was loaded from, while nothing has changed since: the
     /// answer to a diff against an empty state vector (a newcomer's step 1), served without
     /// encoding the document again.
-    loaded_from: Option<Vec<u8>>,
+    pub(crate) loaded_from: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for YDoc {
@@ -268,7 +268,7 @@ impl YDoc {
 
     /// Scans `update` for what yrs mishandles, then lets yrs decode it: what passes both can be
     /// handed to yrs in parts.
-    fn validate(update: &[u8]) -> Result<(Scan<'_>, Update), ApplyError> {
+    pub(crate) fn validate(update: &[u8]) -> Result<(Scan<'_>, Update), ApplyError> {
         let scan = v1::scan(update).map_err(ApplyError::Malformed)?;
         // Decoding touches no document state, so a panic here leaves the document intact.
         let decoded = catch_unwind(|| Update::decode_v1(update))
@@ -295,7 +295,7 @@ impl YDoc {
 /// finds it already known and forwards it to no one, and a client that made no cleanup of its own
 /// (the one whose change caused it, say) never hears of it. Cleanup is the clients' business: the
 /// server holds exactly what they sent.
-fn server_options() -> Options {
+pub(crate) fn server_options() -> Options {
     Options {
         cleanup_formatting: false,
         ..Options::with_client_id(ClientID::new(0))

@@ -149,49 +149,78 @@ struct Known {
     clock: u64,
     /// `None` once removed: the clock is kept so that stale updates stay ignored.
     state_json: Option<Box<str>>,
-    owner: Option<ConnId>,
+    /// The connection that announced the live state, and its participant.
+    owner: Option<(ConnId, u64)>,
 }
 
-/// The awareness states known for one document, and which connection announced each.
+/// What applying one awareness update did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Entries that changed the table, by index in the update.
+    pub changed: Vec<usize>,
+    /// Entries dropped because another participant owns their client id, and that would have
+    /// changed its state (a newer clock, or a removal): spoofing. Stale copies of another
+    /// participant's state, which stock providers re-broadcast, are dropped without counting.
+    pub spoofed: usize,
+    /// Entries dropped for another participant's client id, spoofing or not.
+    pub dropped: usize,
+}
+
+/// The awareness states known for one document, and which connection of which participant
+/// announced each.
+///
+/// Ownership: a connection owns the client ids it announces that no live connection of another
+/// participant owns. An entry for a client id another participant owns is dropped and the rest of
+/// the update applies. A connection of the same participant may take over an id from an older
+/// one that has not closed yet (a provider reconnecting over a dead socket). Ownership ends when
+/// the owner removes its state or its connection closes.
 #[derive(Debug, Default)]
 pub struct AwarenessTable {
     known: HashMap<u64, Known>,
 }
 
 impl AwarenessTable {
-    /// Applies entries from `conn`, with the y-protocols rule: a higher clock wins, and an equal
-    /// clock wins only to remove a state. Returns how many entries changed the table.
-    pub fn apply(&mut self, conn: ConnId, entries: &[Entry<'_>]) -> usize {
-        let mut changed = 0;
-        for e in entries {
-            let newer = match self.known.get(&e.client_id) {
+    /// Applies entries from `conn` of `participant`, with the y-protocols rule (a higher clock
+    /// wins, and an equal clock wins only to remove a state) and the ownership rule above.
+    pub fn apply(&mut self, conn: ConnId, participant: u64, entries: &[Entry<'_>]) -> Applied {
+        let mut applied = Applied::default();
+        for (i, e) in entries.iter().enumerate() {
+            let known = self.known.get(&e.client_id);
+            let newer = match known {
                 None => true,
                 Some(k) => {
                     k.clock < e.clock
                         || (k.clock == e.clock && e.is_removal() && k.state_json.is_some())
                 }
             };
+            if let Some((_, owner)) = known.and_then(|k| k.owner) {
+                if owner != participant {
+                    applied.dropped += 1;
+                    applied.spoofed += usize::from(newer);
+                    continue;
+                }
+            }
             if !newer {
                 continue;
             }
-            changed += 1;
+            applied.changed.push(i);
             self.known.insert(
                 e.client_id,
                 Known {
                     clock: e.clock,
                     state_json: (!e.is_removal()).then(|| e.state_json.into()),
-                    owner: (!e.is_removal()).then_some(conn),
+                    owner: (!e.is_removal()).then_some((conn, participant)),
                 },
             );
         }
-        changed
+        applied
     }
 
     /// Number of clients announced by `conn` that still have a state.
     pub fn owned_by(&self, conn: ConnId) -> usize {
         self.known
             .values()
-            .filter(|k| k.owner == Some(conn) && k.state_json.is_some())
+            .filter(|k| k.owner.is_some_and(|(c, _)| c == conn) && k.state_json.is_some())
             .count()
     }
 
@@ -234,7 +263,7 @@ impl AwarenessTable {
     pub fn remove_conn(&mut self, conn: ConnId) -> Option<Vec<u8>> {
         let mut removed = Vec::new();
         for (&client_id, k) in self.known.iter_mut() {
-            if k.owner == Some(conn) && k.state_json.is_some() {
+            if k.owner.is_some_and(|(c, _)| c == conn) && k.state_json.is_some() {
                 // A state at the largest clock is still removed: an equal clock wins to remove.
                 k.clock = k.clock.saturating_add(1).min(INTEGER_MAX);
                 k.state_json = None;
@@ -331,7 +360,7 @@ mod tests {
     fn a_state_at_the_largest_clock_is_still_removed() {
         let mut t = AwarenessTable::default();
         let conn = ConnId(1);
-        t.apply(conn, &parse(&update(&[(7, INTEGER_MAX, "{}")])).unwrap());
+        t.apply(conn, 1, &parse(&update(&[(7, INTEGER_MAX, "{}")])).unwrap());
         let removal = t.remove_conn(conn).unwrap();
         let removed = parse(&removal).unwrap();
         assert_eq!(removed[0].clock, INTEGER_MAX);
@@ -341,9 +370,10 @@ mod tests {
         let mut other = AwarenessTable::default();
         other.apply(
             ConnId(2),
+            2,
             &parse(&update(&[(7, INTEGER_MAX, "{}")])).unwrap(),
         );
-        assert_eq!(other.apply(ConnId(2), &removed), 1);
+        assert_eq!(other.apply(ConnId(2), 2, &removed).changed, [0]);
         assert!(other.is_empty());
     }
 
@@ -351,12 +381,20 @@ mod tests {
     fn table_follows_clock_rules_and_removes_by_connection() {
         let mut t = AwarenessTable::default();
         let (a, b) = (ConnId(1), ConnId(2));
-        assert_eq!(t.apply(a, &parse(&update(&[(10, 1, "{}")])).unwrap()), 1);
         assert_eq!(
-            t.apply(b, &parse(&update(&[(10, 1, r#"{"x":1}"#)])).unwrap()),
-            0
+            t.apply(a, 1, &parse(&update(&[(10, 1, "{}")])).unwrap())
+                .changed,
+            [0]
         );
-        assert_eq!(t.apply(b, &parse(&update(&[(20, 5, "{}")])).unwrap()), 1);
+        assert!(t
+            .apply(b, 2, &parse(&update(&[(10, 1, r#"{"x":1}"#)])).unwrap())
+            .changed
+            .is_empty());
+        assert_eq!(
+            t.apply(b, 2, &parse(&update(&[(20, 5, "{}")])).unwrap())
+                .changed,
+            [0]
+        );
         assert_eq!(t.len(), 2);
         let removal = t.remove_conn(a).unwrap();
         let e = parse(&removal).unwrap();
@@ -371,5 +409,42 @@ mod tests {
         assert_eq!(t.len(), 1);
         assert_eq!(t.remove_conn(a), None);
         assert_eq!(parse(&t.encode_all().unwrap()).unwrap()[0].client_id, 20);
+    }
+
+    #[test]
+    fn another_participants_client_ids_are_not_taken() {
+        let mut t = AwarenessTable::default();
+        let (alice, bob, alice_again) = (ConnId(1), ConnId(2), ConnId(3));
+        t.apply(
+            alice,
+            100,
+            &parse(&update(&[(10, 3, r#"{"n":"a"}"#)])).unwrap(),
+        );
+        // Bob re-broadcasts Alice's state as it is (stock providers do): dropped, not spoofing.
+        let echo = t.apply(
+            bob,
+            200,
+            &parse(&update(&[(10, 3, r#"{"n":"a"}"#), (20, 1, "{}")])).unwrap(),
+        );
+        assert_eq!((echo.changed, echo.spoofed, echo.dropped), (vec![1], 0, 1));
+        // Bob claims Alice's id with a newer clock, or removes her: spoofing, dropped.
+        for claim in [(10, 4, r#"{"n":"mallory"}"#), (10, 3, "null")] {
+            let spoof = t.apply(bob, 200, &parse(&update(&[claim])).unwrap());
+            assert_eq!((spoof.changed.len(), spoof.spoofed), (0, 1));
+        }
+        assert_eq!(t.owned_by(alice), 1);
+        // Another connection of Alice's takes the id over; closing the old one keeps it.
+        let take = t.apply(
+            alice_again,
+            100,
+            &parse(&update(&[(10, 5, r#"{"n":"a2"}"#)])).unwrap(),
+        );
+        assert_eq!(take.changed, [0]);
+        assert_eq!(t.remove_conn(alice), None);
+        assert_eq!(t.owned_by(alice_again), 1);
+        // Once Alice's last connection is gone the id is free again.
+        assert!(t.remove_conn(alice_again).is_some());
+        let free = t.apply(bob, 200, &parse(&update(&[(10, 9, "{}")])).unwrap());
+        assert_eq!((free.changed, free.spoofed), (vec![0], 0));
     }
 }

@@ -90,7 +90,7 @@ fn check_awareness(update: &[u8]) {
     }
     let conn = ConnId(1);
     let mut table = AwarenessTable::default();
-    table.apply(conn, &entries);
+    table.apply(conn, 1, &entries);
     let live = table.len();
     assert_eq!(table.owned_by(conn), live);
     if let Some(all) = table.encode_all() {
@@ -316,6 +316,12 @@ impl Room {
                         panic!("{conn:?} disconnected, which is not open");
                     };
                     self.slots[slot] = None;
+                }
+                Output::Refused { conn } | Output::Spoofed { conn, .. } => {
+                    assert!(
+                        self.slots.contains(&Some(conn)),
+                        "a refusal for {conn:?}, which is not open"
+                    );
                 }
             }
         }

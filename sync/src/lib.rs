@@ -18,4 +18,6 @@ pub use message::{
     decode_frame, DecodeError, Invalid, Message, MessageLimits, SyncMessage, MSG_AUTH,
     MSG_AWARENESS, MSG_QUERY_AWARENESS, MSG_SYNC, SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE,
 };
-pub use session::{keepalive_frame, ConnId, Output, SessionLimits, YjsDocSession};
+pub use session::{
+    keepalive_frame, ConnId, Output, Peer, SessionLimits, YjsDocSession, PERMISSION_DENIED,
+};

@@ -17,6 +17,28 @@ use crate::CloseCode;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);
 
+/// Who a connection is, as far as one document needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// The participant the connection belongs to. Connections of one participant may take over
+    /// each other's awareness client ids; another participant's ids are not theirs to set.
+    pub participant: u64,
+    /// The connection may read the document and send awareness, but not change the document.
+    pub read_only: bool,
+}
+
+/// The reason sent with the y-protocols permission-denied message to a participant whose
+/// update was refused.
+pub const PERMISSION_DENIED: &str = "permission-denied";
+
+#[derive(Debug, Clone, Copy)]
+struct Conn {
+    id: ConnId,
+    peer: Peer,
+    /// The connection was told once that its updates are refused.
+    told_denied: bool,
+}
+
 /// Limits of one document session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionLimits {
@@ -52,15 +74,31 @@ pub enum Output {
         /// A short human-readable reason (at most 123 bytes, the close-frame limit).
         reason: String,
     },
+    /// An update from `conn` that would have changed the document was refused because the
+    /// connection may only read it; the document is unchanged. For the owner to log and count.
+    Refused {
+        /// The sender.
+        conn: ConnId,
+    },
+    /// `conn` sent awareness entries for client ids another participant owns, which would have
+    /// changed that participant's state; they were dropped. For the owner to log and count.
+    Spoofed {
+        /// The sender.
+        conn: ConnId,
+        /// Entries dropped as spoofing.
+        entries: usize,
+    },
 }
 
 /// One Yjs document with its connections and awareness states.
 #[derive(Debug)]
 pub struct YjsDocSession {
     doc: YDoc,
-    conns: Vec<ConnId>,
+    conns: Vec<Conn>,
     awareness: AwarenessTable,
     limits: SessionLimits,
+    /// Only the server changes the document: every connection may only read it.
+    authored: bool,
 }
 
 fn frame_of(msg: Message<'_>) -> Bytes {
@@ -87,7 +125,31 @@ impl YjsDocSession {
             conns: Vec::new(),
             awareness: AwarenessTable::default(),
             limits,
+            authored: false,
         }
+    }
+
+    /// A session over a document only the server writes (see [`YjsDocSession::publish`]):
+    /// connections read it and may send awareness; their updates that would change it are
+    /// refused.
+    pub fn authored(doc: YDoc, limits: SessionLimits) -> Self {
+        YjsDocSession {
+            authored: true,
+            ..YjsDocSession::new(doc, limits)
+        }
+    }
+
+    fn conn(&self, conn: ConnId) -> Option<&Conn> {
+        self.conns.iter().find(|c| c.id == conn)
+    }
+
+    fn is_open(&self, conn: ConnId) -> bool {
+        self.conn(conn).is_some()
+    }
+
+    /// True when `conn` may only read: its updates go through [`YDoc::would_change`].
+    fn reads_only(&self, conn: ConnId) -> bool {
+        self.authored || self.conn(conn).is_some_and(|c| c.peer.read_only)
     }
 
     /// The document.
@@ -120,14 +182,33 @@ impl YjsDocSession {
         self.awareness.len()
     }
 
-    /// Opens `conn`: sends it sync step 1, then the known awareness states, each in its own
-    /// frame. Refuses with [`CloseCode::TryAgain`] when the document is full.
+    /// Opens `conn` as a writer that is a participant of its own (see
+    /// [`YjsDocSession::open_as`]).
     pub fn open(&mut self, conn: ConnId, out: &mut Vec<Output>) -> Result<(), CloseCode> {
-        debug_assert!(!self.conns.contains(&conn), "{conn:?} opened twice");
+        let peer = Peer {
+            participant: conn.0,
+            read_only: false,
+        };
+        self.open_as(conn, peer, out)
+    }
+
+    /// Opens `conn` for `peer`: sends it sync step 1, then the known awareness states, each in
+    /// its own frame. Refuses with [`CloseCode::TryAgain`] when the document is full.
+    pub fn open_as(
+        &mut self,
+        conn: ConnId,
+        peer: Peer,
+        out: &mut Vec<Output>,
+    ) -> Result<(), CloseCode> {
+        debug_assert!(!self.is_open(conn), "{conn:?} opened twice");
         if self.conns.len() >= self.limits.conns_max {
             return Err(CloseCode::TryAgain);
         }
-        self.conns.push(conn);
+        self.conns.push(Conn {
+            id: conn,
+            peer,
+            told_denied: false,
+        });
         let sv = self.doc.state_vector();
         out.push(Output::Send {
             conn,
@@ -145,7 +226,7 @@ impl YjsDocSession {
     /// Closes `conn` (it left, or the server closed it): its awareness states are removed and
     /// the others are told.
     pub fn close(&mut self, conn: ConnId, out: &mut Vec<Output>) {
-        let Some(i) = self.conns.iter().position(|&c| c == conn) else {
+        let Some(i) = self.conns.iter().position(|c| c.id == conn) else {
             return;
         };
         self.conns.swap_remove(i);
@@ -160,7 +241,7 @@ impl YjsDocSession {
     /// Handles one binary frame from `conn`. On invalid input the connection is closed (a
     /// [`Output::Disconnect`] is emitted) and nothing of the frame's remainder is applied.
     pub fn receive(&mut self, conn: ConnId, frame: &Bytes, out: &mut Vec<Output>) {
-        if !self.conns.contains(&conn) {
+        if !self.is_open(conn) {
             return;
         }
         if let Err((code, reason)) = self.receive_inner(conn, frame, out) {
@@ -200,6 +281,10 @@ impl YjsDocSession {
                     });
                 }
                 Message::Sync(SyncMessage::Step2(update) | SyncMessage::Update(update)) => {
+                    if self.reads_only(conn) {
+                        self.refuse_if_changing(conn, update, out)?;
+                        continue;
+                    }
                     let applied = self.apply(update)?;
                     if !applied.changed {
                         continue;
@@ -218,7 +303,15 @@ impl YjsDocSession {
                 Message::Awareness(update) => {
                     let entries = awareness::parse(update)
                         .map_err(|e| (CloseCode::ProtocolError, e.to_string()))?;
-                    if self.awareness.apply(conn, &entries) == 0 {
+                    let participant = self.conn(conn).map_or(conn.0, |c| c.peer.participant);
+                    let applied = self.awareness.apply(conn, participant, &entries);
+                    if applied.spoofed > 0 {
+                        out.push(Output::Spoofed {
+                            conn,
+                            entries: applied.spoofed,
+                        });
+                    }
+                    if applied.changed.is_empty() {
                         continue;
                     }
                     if self.awareness.owned_by(conn) > self.limits.awareness_states_per_conn_max {
@@ -230,7 +323,12 @@ impl YjsDocSession {
                             ),
                         ));
                     }
-                    let forward = if single {
+                    let forward = if applied.dropped > 0 {
+                        // Only what was applied goes on: never another participant's ids.
+                        let mut kept = Vec::with_capacity(update.len());
+                        awareness::encode(applied.changed.iter().map(|&i| entries[i]), &mut kept);
+                        frame_of(Message::Awareness(&kept))
+                    } else if single {
                         frame.clone()
                     } else {
                         frame_of(Message::Awareness(update))
@@ -266,10 +364,11 @@ impl YjsDocSession {
         let mut run: Vec<(ConnId, &Bytes, Bytes)> = Vec::new();
         for (conn, frame) in frames {
             let conn = *conn;
-            if !self.conns.contains(&conn) {
+            if !self.is_open(conn) {
                 continue;
             }
-            let Some(update) = single_update(frame, self.limits.message) else {
+            let single = single_update(frame, self.limits.message);
+            let Some(update) = single.filter(|_| !self.reads_only(conn)) else {
                 self.forward_run(&mut run, out);
                 self.receive(conn, frame, out);
                 continue;
@@ -306,9 +405,9 @@ impl YjsDocSession {
                 out.push(Output::Append {
                     update: Bytes::from(merged),
                 });
-                for &conn in &self.conns {
+                for c in &self.conns {
                     out.push(Output::Send {
-                        conn,
+                        conn: c.id,
                         frame: frame.clone(),
                     });
                 }
@@ -323,28 +422,71 @@ impl YjsDocSession {
     }
 
     fn apply(&mut self, update: &[u8]) -> Result<Applied, (CloseCode, String)> {
-        self.doc.apply_update(update).map_err(|e| {
-            let code = match e {
-                ApplyError::UpdateTooLarge { .. } | ApplyError::DocTooLarge { .. } => {
-                    CloseCode::TooLarge
-                }
-                ApplyError::Malformed(_) | ApplyError::Rejected(_) => CloseCode::ProtocolError,
-                ApplyError::Panicked => CloseCode::Internal,
-            };
-            (code, e.to_string())
-        })
+        self.doc.apply_update(update).map_err(apply_error)
     }
 
     fn broadcast(&self, from: ConnId, frame: Bytes, out: &mut Vec<Output>) {
-        for &conn in &self.conns {
-            if conn != from {
+        for c in &self.conns {
+            if c.id != from {
                 out.push(Output::Send {
-                    conn,
+                    conn: c.id,
                     frame: frame.clone(),
                 });
             }
         }
     }
+
+    /// An update from a connection that may only read: nothing happens if it changes nothing
+    /// (a fresh client's empty step 2, or what it received and sends back); otherwise it is
+    /// refused, the document untouched, and the connection told once with the y-protocols
+    /// permission-denied message. Invalid bytes close it as they would any writer.
+    fn refuse_if_changing(
+        &mut self,
+        conn: ConnId,
+        update: &[u8],
+        out: &mut Vec<Output>,
+    ) -> Result<(), (CloseCode, String)> {
+        let changes = self.doc.would_change(update).map_err(apply_error)?;
+        if !changes {
+            return Ok(());
+        }
+        out.push(Output::Refused { conn });
+        if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {
+            if !c.told_denied {
+                c.told_denied = true;
+                out.push(Output::Send {
+                    conn,
+                    frame: frame_of(Message::AuthDenied(PERMISSION_DENIED)),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends an edit the server made itself (already applied to the document, see
+    /// [`YDoc::author_map`]) to every connection, and appends it to the log.
+    pub fn publish(&mut self, update: Vec<u8>, out: &mut Vec<Output>) {
+        let frame = frame_of(Message::Sync(SyncMessage::Update(&update)));
+        out.push(Output::Append {
+            update: Bytes::from(update),
+        });
+        for c in &self.conns {
+            out.push(Output::Send {
+                conn: c.id,
+                frame: frame.clone(),
+            });
+        }
+    }
+}
+
+/// The close code and reason for an update that was not applied.
+fn apply_error(e: ApplyError) -> (CloseCode, String) {
+    let code = match e {
+        ApplyError::UpdateTooLarge { .. } | ApplyError::DocTooLarge { .. } => CloseCode::TooLarge,
+        ApplyError::Malformed(_) | ApplyError::Rejected(_) => CloseCode::ProtocolError,
+        ApplyError::Panicked => CloseCode::Internal,
+    };
+    (code, e.to_string())
 }
 
 /// The update of a frame that holds exactly one message, a plain sync update.

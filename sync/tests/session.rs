@@ -201,3 +201,135 @@ fn updates_already_known_are_neither_forwarded_nor_appended() {
         a.doc.transact().state_vector()
     );
 }
+
+fn awareness_frame(entries: &[(u64, u64, &str)]) -> Bytes {
+    let mut update = Vec::new();
+    roomd_sync::awareness::encode(
+        entries
+            .iter()
+            .map(|&(client_id, clock, state_json)| roomd_sync::awareness::Entry {
+                client_id,
+                clock,
+                state_json,
+            }),
+        &mut update,
+    );
+    Bytes::from(Message::Awareness(&update).to_vec())
+}
+
+fn refusals(out: &[Output]) -> usize {
+    out.iter()
+        .filter(|o| matches!(o, Output::Refused { .. }))
+        .count()
+}
+
+fn is_permission_denied(frame: &Bytes) -> bool {
+    matches!(
+        roomd_sync::decode_frame(frame, LIMITS.message).unwrap()[..],
+        [Message::AuthDenied(roomd_sync::PERMISSION_DENIED)]
+    )
+}
+
+#[test]
+fn a_read_only_participant_reads_but_its_changes_are_refused_and_it_is_told_once() {
+    let mut s = session(1);
+    let reader = ConnId(7);
+    let peer = roomd_sync::Peer {
+        participant: 70,
+        read_only: true,
+    };
+    let mut out = Vec::new();
+    s.open_as(reader, peer, &mut out).unwrap();
+    let writer = Typist::new(1);
+    let written = writer.type_char("a");
+    out.clear();
+    s.receive(ConnId(0), &written, &mut out);
+    assert_eq!(text_of(&sends_to(&out, 7)), "a");
+    // A fresh client's empty step 2, and what it received sent back, are no refusal.
+    out.clear();
+    let empty_step2 = Bytes::from(Message::Sync(SyncMessage::Step2(&[0, 0])).to_vec());
+    s.receive(reader, &empty_step2, &mut out);
+    s.receive(reader, &written, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    // Its own edits are refused, the document unchanged, and it is told once.
+    let typist = Typist::new(2);
+    for (i, c) in ["x", "y"].into_iter().enumerate() {
+        out.clear();
+        s.receive_many(&[(reader, typist.type_char(c))], &mut out);
+        assert_eq!(refusals(&out), 1, "{out:?}");
+        assert!(appends(&out).is_empty());
+        let told = sends_to(&out, 7);
+        assert_eq!(told.len(), usize::from(i == 0), "{out:?}");
+        assert!(told.iter().all(is_permission_denied));
+        assert!(sends_to(&out, 0).is_empty());
+    }
+    assert_eq!(s.doc().text("t"), "a");
+    // It may still send awareness.
+    out.clear();
+    s.receive(reader, &awareness_frame(&[(2, 1, "{}")]), &mut out);
+    assert_eq!(sends_to(&out, 0).len(), 1);
+}
+
+#[test]
+fn an_authored_document_takes_the_servers_edits_only() {
+    let mut doc = YDoc::new(DocLimits::DEFAULT).authored_by(99);
+    let value = serde_json::json!({ "name": "alice" });
+    let update = doc
+        .author_map("participants", &[("p1", Some(&value))])
+        .unwrap();
+    let mut s = YjsDocSession::authored(doc, LIMITS);
+    let mut out = Vec::new();
+    s.open(ConnId(0), &mut out).unwrap();
+    s.open(ConnId(1), &mut out).unwrap();
+    out.clear();
+    s.publish(update, &mut out);
+    assert_eq!(appends(&out).len(), 1);
+    assert_eq!(sends_to(&out, 0).len(), 1);
+    assert_eq!(sends_to(&out, 1).len(), 1);
+    out.clear();
+    s.receive(ConnId(0), &Typist::new(3).type_char("z"), &mut out);
+    assert_eq!(refusals(&out), 1);
+    assert!(appends(&out).is_empty());
+    assert_eq!(s.doc().text("t"), "");
+}
+
+#[test]
+fn awareness_for_another_participants_client_id_is_dropped_and_the_rest_forwarded() {
+    let mut s = session(0);
+    let mut out = Vec::new();
+    for (conn, participant) in [(1, 100), (2, 200), (3, 300)] {
+        let peer = roomd_sync::Peer {
+            participant,
+            read_only: false,
+        };
+        s.open_as(ConnId(conn), peer, &mut out).unwrap();
+    }
+    out.clear();
+    s.receive(ConnId(1), &awareness_frame(&[(11, 1, r#"{"n":"a"}"#)]), &mut out);
+    out.clear();
+    // Participant 200 re-broadcasts 11 as it is (not spoofing), claims it with a newer clock
+    // (spoofing), and announces its own 22.
+    let mixed = awareness_frame(&[
+        (11, 1, r#"{"n":"a"}"#),
+        (11, 2, r#"{"n":"evil"}"#),
+        (22, 1, r#"{"n":"b"}"#),
+    ]);
+    s.receive(ConnId(2), &mixed, &mut out);
+    let spoofed: usize = out
+        .iter()
+        .map(|o| match o {
+            Output::Spoofed { entries, .. } => *entries,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(spoofed, 1);
+    let to3 = sends_to(&out, 3);
+    assert_eq!(to3.len(), 1);
+    let msgs = roomd_sync::decode_frame(&to3[0], LIMITS.message).unwrap();
+    let Message::Awareness(forwarded) = msgs[0] else {
+        panic!("{msgs:?}")
+    };
+    let entries = roomd_sync::awareness::parse(forwarded).unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].client_id, 22);
+}

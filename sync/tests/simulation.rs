@@ -69,7 +69,7 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use roomd_crdt::{DocLimits, YDoc};
-use roomd_sync::{ConnId, MessageLimits, Output, SessionLimits, YjsDocSession};
+use roomd_sync::{ConnId, MessageLimits, Output, Peer, SessionLimits, YjsDocSession};
 use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
 use yrs::sync::{Message as YMessage, MessageReader, SyncMessage as YSync};
 use yrs::types::text::Diff;
@@ -492,7 +492,12 @@ impl Sim {
         self.stats.connects += 1;
         self.log_event(format_args!("client {client} connects as {conn:?}"));
         let mut out = Vec::new();
-        if let Err(code) = self.session.open(conn, &mut out) {
+        // A client is one participant across its connections, as an authenticated one is.
+        let peer = Peer {
+            participant: client as u64,
+            read_only: false,
+        };
+        if let Err(code) = self.session.open_as(conn, peer, &mut out) {
             panic!("session refused {conn:?}: {code:?}");
         }
         self.carry_out(out);
@@ -536,6 +541,10 @@ impl Sim {
                 Output::Append { update } => self.log.push(update),
                 Output::Disconnect { conn, code, reason } => {
                     panic!("the session closed {conn:?} with {code:?}: {reason}")
+                }
+                // Every client writes, and announces only its own awareness client id.
+                o @ (Output::Refused { .. } | Output::Spoofed { .. }) => {
+                    panic!("an honest client was refused: {o:?}")
                 }
             }
         }
