@@ -1,0 +1,23 @@
+//! roomd's room core semantics, protocol-agnostic and sans-IO: API keys, participant tokens and
+//! the scopes they grant, and the participants of a room's session.
+//!
+//! Keys and tokens are in the MeshAgent format, so tokens minted by the MeshAgent SDKs work
+//! unchanged. Nothing here does I/O, reads the clock or draws random numbers: the time is a
+//! parameter of [`token::verify`], random bytes are parameters of [`ids::ProjectId::from_random`]
+//! and [`keys::ApiKey::generate`], and stored keys are reached through [`token::KeyLookup`].
+
+pub mod forbidden;
+pub mod ids;
+pub mod keys;
+pub mod participants;
+pub mod scope;
+pub mod token;
+
+pub use forbidden::Forbidden;
+pub use ids::{KeyId, ProjectId};
+pub use keys::ApiKey;
+pub use scope::{normalize_doc_path, ApiScope, DocAccess, SyncGrant, SyncPathGrant};
+pub use token::{
+    mint, verify, Claims, ExternalIssuer, Grant, KeyLookup, KeyRecord, Role, Signer,
+    Unauthenticated, Verified,
+};

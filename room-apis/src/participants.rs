@@ -1,0 +1,255 @@
+//! The participants of a room's session: who is connected, through which connections, since
+//! when. Sans-IO: ids and times are given by the caller.
+//!
+//! A participant is the identity of a token within the room: connections whose tokens carry the
+//! same name and role are one participant (the same person editing three documents has three
+//! y-websocket connections), and it leaves when its last connection closes. A connection without
+//! a token (open development mode) is an anonymous participant of its own.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::token::Role;
+
+/// What makes two connections the same participant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ParticipantKey {
+    /// A token's participant: its name and role.
+    Named {
+        /// The token's `name`.
+        name: String,
+        /// The token's role.
+        role: Role,
+    },
+    /// A connection without a token, a participant of its own.
+    Anonymous(u64),
+}
+
+/// One of a participant's connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    /// The document it syncs (or the protocol's own name for a room-wide connection).
+    pub doc: String,
+    /// When it opened, in ms since the epoch.
+    pub since_ms: u64,
+}
+
+/// A participant of the session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Participant {
+    /// Its id, unique within the session.
+    pub id: String,
+    /// A small number for it, unique within the session, that document sessions use to tell
+    /// participants apart (`roomd_sync::Peer::participant`). Every anonymous participant shares
+    /// number 0: in open development mode no one's awareness is protected from anyone.
+    pub number: u64,
+    /// Its name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// Attributes from its token.
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+    /// Its connections, by connection id.
+    pub connections: BTreeMap<u64, Connection>,
+    /// When its first connection opened, in ms since the epoch.
+    pub since_ms: u64,
+}
+
+impl Participant {
+    /// The participant as the room shows it (`.room/participants` and REST): name, role,
+    /// attributes, connections and since.
+    pub fn to_json(&self) -> serde_json::Value {
+        let connections: Vec<serde_json::Value> = self
+            .connections
+            .iter()
+            .map(|(id, c)| {
+                serde_json::json!({
+                    "id": id.to_string(),
+                    "document": c.doc,
+                    "since": rfc3339(c.since_ms),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "id": self.id,
+            "name": self.name,
+            "role": self.role.as_str(),
+            "attributes": self.attributes,
+            "connections": connections,
+            "since": rfc3339(self.since_ms),
+        })
+    }
+}
+
+/// A time in ms since the epoch as RFC 3339 text, to the millisecond.
+pub fn rfc3339(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// What a connection or disconnection did to the table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// A new participant joined with this connection.
+    Joined(Participant),
+    /// An existing participant's connections changed.
+    Updated(Participant),
+    /// The participant's last connection closed: it left.
+    Left(Participant),
+}
+
+/// Everyone connected to a room in its session.
+#[derive(Debug, Default)]
+pub struct Participants {
+    by_key: HashMap<ParticipantKey, Participant>,
+    by_conn: HashMap<u64, ParticipantKey>,
+    next_number: u64,
+}
+
+/// Who a connection says it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    /// What makes it the same participant as another connection.
+    pub key: ParticipantKey,
+    /// Its name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// Attributes from its token.
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Participants {
+    /// Adds connection `conn` of `who`, syncing `doc`, at `now_ms`. A new participant takes the
+    /// id `new_id` gives. The newest connection's attributes are the participant's.
+    pub fn connect(
+        &mut self,
+        who: &Identity,
+        conn: u64,
+        doc: &str,
+        now_ms: u64,
+        new_id: impl FnOnce() -> String,
+    ) -> Change {
+        let connection = Connection {
+            doc: doc.to_string(),
+            since_ms: now_ms,
+        };
+        self.by_conn.insert(conn, who.key.clone());
+        if let Some(p) = self.by_key.get_mut(&who.key) {
+            p.connections.insert(conn, connection);
+            p.attributes = who.attributes.clone();
+            return Change::Updated(p.clone());
+        }
+        let number = match who.key {
+            ParticipantKey::Anonymous(_) => 0,
+            ParticipantKey::Named { .. } => {
+                self.next_number += 1;
+                self.next_number
+            }
+        };
+        let p = Participant {
+            id: new_id(),
+            number,
+            name: who.name.clone(),
+            role: who.role,
+            attributes: who.attributes.clone(),
+            connections: BTreeMap::from([(conn, connection)]),
+            since_ms: now_ms,
+        };
+        self.by_key.insert(who.key.clone(), p.clone());
+        Change::Joined(p)
+    }
+
+    /// Removes connection `conn`; its participant leaves with its last connection.
+    pub fn disconnect(&mut self, conn: u64) -> Option<Change> {
+        let key = self.by_conn.remove(&conn)?;
+        let p = self.by_key.get_mut(&key)?;
+        p.connections.remove(&conn);
+        if !p.connections.is_empty() {
+            return Some(Change::Updated(p.clone()));
+        }
+        self.by_key.remove(&key).map(Change::Left)
+    }
+
+    /// The participant connection `conn` belongs to.
+    pub fn of_conn(&self, conn: u64) -> Option<&Participant> {
+        self.by_key.get(self.by_conn.get(&conn)?)
+    }
+
+    /// Every participant, in order of joining.
+    pub fn all(&self) -> Vec<&Participant> {
+        let mut all: Vec<&Participant> = self.by_key.values().collect();
+        all.sort_by(|a, b| (a.since_ms, &a.id).cmp(&(b.since_ms, &b.id)));
+        all
+    }
+
+    /// How many participants are connected.
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// True when nobody is connected.
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(name: &str) -> Identity {
+        Identity {
+            key: ParticipantKey::Named {
+                name: name.into(),
+                role: Role::User,
+            },
+            name: name.into(),
+            role: Role::User,
+            attributes: serde_json::Map::new(),
+        }
+    }
+
+    #[test]
+    fn connections_of_one_identity_are_one_participant_that_leaves_with_the_last() {
+        let mut t = Participants::default();
+        let mut ids = 0;
+        let mut next = || {
+            ids += 1;
+            format!("p{ids}")
+        };
+        let Change::Joined(alice) = t.connect(&named("alice"), 1, "a.doc", 10, &mut next) else {
+            panic!("alice did not join")
+        };
+        assert!(matches!(
+            t.connect(&named("alice"), 2, "b.doc", 11, &mut next),
+            Change::Updated(p) if p.id == alice.id && p.connections.len() == 2
+        ));
+        let Change::Joined(bob) = t.connect(&named("bob"), 3, "a.doc", 12, &mut next) else {
+            panic!("bob did not join")
+        };
+        assert_ne!(alice.number, bob.number);
+        assert_eq!(t.of_conn(2).map(|p| p.id.as_str()), Some(alice.id.as_str()));
+        assert!(matches!(t.disconnect(1), Some(Change::Updated(_))));
+        assert!(matches!(t.disconnect(2), Some(Change::Left(p)) if p.id == alice.id));
+        assert_eq!(t.disconnect(2), None);
+        assert_eq!(t.len(), 1);
+        let json = t.all()[0].to_json();
+        assert_eq!(json["name"], "bob");
+        assert_eq!(json["role"], "user");
+        assert_eq!(json["connections"][0]["document"], "a.doc");
+        assert_eq!(json["since"], "1970-01-01T00:00:00.012Z");
+        // Anonymous connections are participants of their own, all numbered 0.
+        let anon = |c| Identity {
+            key: ParticipantKey::Anonymous(c),
+            ..named("anonymous")
+        };
+        let Change::Joined(a) = t.connect(&anon(8), 8, "x", 13, &mut next) else {
+            panic!()
+        };
+        let Change::Joined(b) = t.connect(&anon(9), 9, "x", 13, &mut next) else {
+            panic!()
+        };
+        assert_ne!(a.id, b.id);
+        assert_eq!((a.number, b.number), (0, 0));
+    }
+}
