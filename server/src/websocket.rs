@@ -6,8 +6,9 @@
 //! connection's whole life, and the write buffer keeps the capacity of the largest frame ever
 //! written through it: every connection that once received a 1 MiB document keeps 1 MiB. Here
 //! an idle connection holds a few dozen bytes of decoder state. Reads go through a buffer on the
-//! stack, and only the bytes of a message not yet complete are kept on the heap; frames are
-//! written straight from the room's shared buffers with vectored writes, never copied.
+//! stack, and only the bytes of a message not yet complete are kept on the heap (a message
+//! refused as too large is discarded as it is read, whatever its length); frames are written
+//! straight from the room's shared buffers with vectored writes, never copied.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -121,12 +122,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Incoming>, RecvError>> {
         loop {
             if !self.pending.is_empty() {
-                let decoded = self.decoder.decode(&mut self.pending)?;
+                let decoded = self.decoder.decode(&mut self.pending);
                 if self.pending.is_empty() && self.pending.capacity() > 0 {
                     // Whatever the last message shares stays with it; the socket lets go.
                     self.pending = BytesMut::new();
                 }
-                if let Some(message) = decoded {
+                if let Some(message) = decoded? {
                     return Poll::Ready(Ok(Some(message)));
                 }
             }
@@ -145,9 +146,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                 let mut stack = [0u8; STACK_READ];
                 let mut buf = ReadBuf::new(&mut stack);
                 ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
-                let n = buf.filled().len();
-                self.pending.extend_from_slice(buf.filled());
-                n
+                let read = buf.filled();
+                // The bytes of a frame being discarded (the rest of a refused message, or a text
+                // message's continuation) are counted off here and never copied: however long
+                // the frame, the socket keeps none of it.
+                let discarded = if self.pending.is_empty() {
+                    self.decoder.discard(read.len())
+                } else {
+                    0
+                };
+                self.pending
+                    .extend_from_slice(read.get(discarded..).unwrap_or_default());
+                read.len()
             };
             if read == 0 {
                 // The peer closed the connection (mid-frame or not): nothing more will come.

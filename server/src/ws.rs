@@ -343,12 +343,15 @@ async fn close(socket: &mut WebSocket, app: &App, code: CloseCode, reason: &str)
         if code == CloseCode::GoingAway {
             return Ok(());
         }
-        while let Some(msg) = socket.recv().await? {
-            if let Incoming::Close(_) = msg {
-                break;
+        loop {
+            match socket.recv().await {
+                Ok(Some(Incoming::Close(_)) | None) => return Ok(()),
+                // A message over the limit (the one this close refuses, or another) is
+                // discarded by the socket as it arrives, and the frames after it still decode.
+                Ok(Some(_)) | Err(RecvError::Frame(FrameError::TooLarge(_))) => {}
+                Err(e) => return Err(e),
             }
         }
-        Ok::<(), RecvError>(())
     };
     let _ = tokio::time::timeout(timeout, handshake).await;
 }

@@ -370,34 +370,57 @@ pub fn client_frame(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
 pub const FRAME_MESSAGE_BYTES_MAX: usize = 1 << 10;
 
 /// Decodes `data[1..]` as the bytes a client sends, once all at once and once in chunks of
-/// `data[0]` bytes (as they might arrive from TCP): both must give the same messages and end the
-/// same way, no message may exceed the limit, and decoding never panics.
+/// `data[0]` bytes (as they might arrive from TCP), the chunks handing the bytes of a discarded
+/// frame to `Decoder::discard` before they are buffered (as the server's socket does): both must
+/// give the same messages and end the same way, no message may exceed the limit, decoding never
+/// panics, and it goes on after a message refused as too large (as the server does to reach the
+/// client's close frame) without ever keeping a byte of what it discards.
 pub fn check_frames(data: &[u8]) {
     use crate::websocket::{Decoder, FrameError, Incoming};
     let Some((&chunk, bytes)) = data.split_first() else {
         return;
     };
-    let run = |chunk: usize| -> (Vec<Incoming>, Option<FrameError>) {
+    let run = |chunk: usize, scratch: bool| -> Vec<Result<Incoming, FrameError>> {
         let mut decoder = Decoder::new(FRAME_MESSAGE_BYTES_MAX);
         let mut buf = bytes::BytesMut::new();
         let mut out = Vec::new();
-        for piece in bytes.chunks(chunk.max(1)) {
+        for mut piece in bytes.chunks(chunk.max(1)) {
+            if scratch && buf.is_empty() {
+                let discarded = decoder.discard(piece.len());
+                piece = piece.get(discarded..).unwrap_or_default();
+            }
             buf.extend_from_slice(piece);
             loop {
-                match decoder.decode(&mut buf) {
-                    Ok(Some(message)) => out.push(message),
+                let decoded = decoder.decode(&mut buf);
+                assert!(
+                    decoder.discarding() == 0 || buf.is_empty(),
+                    "bytes of a discarded frame are kept"
+                );
+                match decoded {
+                    Ok(Some(message)) => out.push(Ok(message)),
                     Ok(None) => break,
-                    Err(e) => return (out, Some(e)),
+                    Err(e @ FrameError::TooLarge(_)) => {
+                        // Each refusal consumes at least the header of the frame it refuses.
+                        assert!(
+                            out.len() < bytes.len(),
+                            "a frame is refused again and again"
+                        );
+                        out.push(Err(e));
+                    }
+                    Err(e) => {
+                        out.push(Err(e));
+                        return out;
+                    }
                 }
             }
         }
-        (out, None)
+        out
     };
-    let whole = run(bytes.len());
-    let pieces = run(usize::from(chunk));
+    let whole = run(bytes.len(), false);
+    let pieces = run(usize::from(chunk), true);
     assert_eq!(whole, pieces, "chunks of {chunk} decode differently");
-    for message in &whole.0 {
-        if let Incoming::Binary(payload) = message {
+    for message in &whole {
+        if let Ok(Incoming::Binary(payload)) = message {
             assert!(payload.len() <= FRAME_MESSAGE_BYTES_MAX);
         }
     }

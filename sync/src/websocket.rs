@@ -3,7 +3,8 @@
 //! handshake, are the server's (`roomd::websocket`); nothing here does I/O.
 //!
 //! The decoder holds only the fragments of a message still arriving: bytes not yet decoded stay
-//! with the caller, who can release its buffer whenever it is empty.
+//! with the caller, who can release its buffer whenever it is empty. What it refuses as too large
+//! it discards as it arrives, keeping only the count of bytes still to come.
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -37,22 +38,35 @@ pub enum Incoming {
 /// A client's frames break RFC 6455, or a message is too large.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
-    /// The bytes are not a valid frame sequence.
+    /// The bytes are not a valid frame sequence. Nothing after them can be decoded.
     #[error("{0}")]
     Protocol(&'static str),
-    /// A message (all its fragments together) exceeds the size limit.
+    /// A message (all its fragments together) exceeds the size limit. The decoder discards the
+    /// rest of it as it arrives, so the frames after it can still be decoded.
     #[error("message exceeds {0} bytes")]
     TooLarge(usize),
+}
+
+/// The message whose frames are arriving.
+#[derive(Debug)]
+enum Current {
+    /// Between messages: the next data frame begins one.
+    Between,
+    /// A binary message, with its fragments so far.
+    Binary(BytesMut),
+    /// A message whose continuations are discarded: a text message, whose content is never
+    /// kept, or one refused as too large.
+    Discarded,
 }
 
 /// Decodes the frames a client sends, checking them as RFC 6455 requires of a server.
 #[derive(Debug)]
 pub struct Decoder {
     message_bytes_max: usize,
-    /// The fragments of a binary message received so far.
-    fragments: Option<BytesMut>,
-    /// Inside a fragmented text message, whose continuations are skipped.
-    in_text: bool,
+    message: Current,
+    /// Bytes of the current frame still to be discarded unread, mask key included: the rest of
+    /// a refused frame, or of a continuation of a discarded message.
+    discarding: u64,
 }
 
 impl Decoder {
@@ -60,16 +74,28 @@ impl Decoder {
     pub fn new(message_bytes_max: usize) -> Decoder {
         Decoder {
             message_bytes_max,
-            fragments: None,
-            in_text: false,
+            message: Current::Between,
+            discarding: 0,
         }
     }
 
     /// Decodes the next message from the front of `buf`, consuming its bytes. Returns `None`
-    /// when more bytes are needed, having reserved room for the whole frame in `buf`. A frame
-    /// is refused as soon as its header is complete, before its payload arrives.
+    /// when more bytes are needed, having reserved room for the whole frame in `buf`, or having
+    /// consumed all of `buf` while it discards a frame (see [`Decoder::discarding`]).
+    ///
+    /// A message over the limit is refused as soon as its length is known, before its payload
+    /// arrives: the error is [`FrameError::TooLarge`], and decoding may go on. The refused frame
+    /// and the rest of its message are then discarded as they arrive, without room ever being
+    /// reserved for them, and the frames after them decode as usual (a client's close frame,
+    /// say). After [`FrameError::Protocol`] nothing more can be decoded.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Incoming>, FrameError> {
         loop {
+            if self.discarding > 0 {
+                buf.advance(self.discard(buf.len()));
+                if self.discarding > 0 {
+                    return Ok(None);
+                }
+            }
             if buf.len() < 2 {
                 return Ok(None);
             }
@@ -107,7 +133,31 @@ impl Decoder {
                 }
                 n => (u64::from(n), 2),
             };
-            self.check(fin, op, len)?;
+            let refused = match self.check(fin, op, len) {
+                Ok(()) => false,
+                Err(FrameError::TooLarge(_)) => true,
+                Err(e) => return Err(e),
+            };
+            if refused || (op == opcode::CONTINUATION && matches!(self.message, Current::Discarded))
+            {
+                // A refused message is dropped, fragments and all, and neither its frames nor a
+                // discarded message's continuations are waited for: the rest of the frame is
+                // discarded as it arrives, whatever its length, the mask key too (discarded
+                // bytes need no unmasking). A length is below 2^63, so adding the key cannot
+                // overflow.
+                buf.advance(mask_at);
+                self.discarding = len + 4;
+                buf.advance(self.discard(buf.len()));
+                self.message = if fin {
+                    Current::Between
+                } else {
+                    Current::Discarded
+                };
+                if refused {
+                    return Err(FrameError::TooLarge(self.message_bytes_max));
+                }
+                continue;
+            }
             // `check` bounded `len` by the message limit (or 125), so it fits a usize.
             let len = usize::try_from(len).map_err(|_| FrameError::TooLarge(usize::MAX))?;
             let header = mask_at + 4;
@@ -132,29 +182,57 @@ impl Decoder {
                 opcode::PING => return Ok(Some(Incoming::Ping(payload.freeze()))),
                 opcode::PONG => return Ok(Some(Incoming::Pong)),
                 opcode::TEXT => {
-                    self.in_text = !fin;
+                    if !fin {
+                        self.message = Current::Discarded;
+                    }
                     return Ok(Some(Incoming::Text));
                 }
                 opcode::BINARY if fin => return Ok(Some(Incoming::Binary(payload.freeze()))),
-                opcode::BINARY => self.fragments = Some(payload),
-                _ if self.in_text => self.in_text = !fin,
+                opcode::BINARY => self.message = Current::Binary(payload),
                 _ => {
-                    let Some(mut message) = self.fragments.take() else {
+                    // `check` let a continuation through only inside a message, and the
+                    // messages whose continuations are discarded were handled above.
+                    let Current::Binary(mut message) =
+                        std::mem::replace(&mut self.message, Current::Between)
+                    else {
                         return Err(FrameError::Protocol("a continuation outside a message"));
                     };
                     message.extend_from_slice(&payload);
                     if fin {
                         return Ok(Some(Incoming::Binary(message.freeze())));
                     }
-                    self.fragments = Some(message);
+                    self.message = Current::Binary(message);
                 }
             }
         }
     }
 
+    /// Bytes still to be discarded, unread, before the next frame begins (the rest of a refused
+    /// frame, say); 0 when the next byte belongs to a frame to decode. While it is not 0, the
+    /// last call to [`Decoder::decode`] left its buffer empty.
+    pub fn discarding(&self) -> u64 {
+        self.discarding
+    }
+
+    /// Discards bytes the caller has, or is about to read, at the front of the input: of the
+    /// `available` bytes there, returns how many belong to the frame being discarded. The caller
+    /// drops them, and hands the rest to [`Decoder::decode`]. A caller reading into a scratch
+    /// buffer thus keeps no byte of a discarded frame, not even a buffer's worth.
+    pub fn discard(&mut self, available: usize) -> usize {
+        let n = usize::try_from(self.discarding).map_or(available, |d| d.min(available));
+        self.discarding -= n as u64;
+        n
+    }
+
     /// Checks a frame header against the frames before it and the size limit.
     fn check(&self, fin: bool, op: u8, len: u64) -> Result<(), FrameError> {
-        let in_message = self.fragments.is_some() || self.in_text;
+        let so_far = match &self.message {
+            Current::Between => None,
+            Current::Binary(fragments) => Some(fragments.len()),
+            // Discarded whatever their length: none of it is kept.
+            Current::Discarded if op == opcode::CONTINUATION => return Ok(()),
+            Current::Discarded => Some(0),
+        };
         match op {
             opcode::CLOSE | opcode::PING | opcode::PONG => {
                 if !fin {
@@ -169,18 +247,18 @@ impl Decoder {
                 }
                 return Ok(());
             }
-            opcode::TEXT | opcode::BINARY if in_message => {
+            opcode::TEXT | opcode::BINARY if so_far.is_some() => {
                 return Err(FrameError::Protocol(
                     "a new message began before the last one ended",
                 ));
             }
-            opcode::CONTINUATION if !in_message => {
+            opcode::CONTINUATION if so_far.is_none() => {
                 return Err(FrameError::Protocol("a continuation outside a message"));
             }
             opcode::TEXT | opcode::BINARY | opcode::CONTINUATION => {}
             _ => return Err(FrameError::Protocol("an unknown opcode")),
         }
-        let so_far = self.fragments.as_ref().map_or(0, BytesMut::len) as u64;
+        let so_far = so_far.unwrap_or(0) as u64;
         if so_far.saturating_add(len) > self.message_bytes_max as u64 {
             return Err(FrameError::TooLarge(self.message_bytes_max));
         }
@@ -381,6 +459,168 @@ mod tests {
             ),
             Ok(vec![Incoming::Binary(vec![1; 10].into())])
         );
+    }
+
+    /// Feeds `pieces` one after another, decoding after each and going on after a
+    /// message refused as too large, as a server completing the closing handshake does. With
+    /// `scratch`, the bytes of a discarded frame are handed to `discard` before they would be
+    /// buffered, as a socket reading into a scratch buffer does. Checks at every step that a
+    /// discarded frame's bytes are neither kept nor reserved room for.
+    fn feed<'a>(
+        decoder: &mut Decoder,
+        pieces: impl IntoIterator<Item = &'a [u8]>,
+        scratch: bool,
+    ) -> Vec<Result<Incoming, FrameError>> {
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for mut piece in pieces {
+            if scratch && buf.is_empty() {
+                let (_, rest) = piece.split_at(decoder.discard(piece.len()));
+                piece = rest;
+            }
+            buf.extend_from_slice(piece);
+            loop {
+                let capacity = buf.capacity();
+                let decoded = decoder.decode(&mut buf);
+                if decoder.discarding() > 0 {
+                    assert!(buf.is_empty(), "bytes of a discarded frame are kept");
+                }
+                match decoded {
+                    Ok(Some(message)) => out.push(Ok(message)),
+                    Ok(None) => {
+                        if decoder.discarding() > 0 {
+                            assert!(buf.capacity() <= capacity, "room reserved to discard");
+                        }
+                        break;
+                    }
+                    Err(e @ FrameError::TooLarge(_)) => {
+                        assert!(
+                            buf.capacity() <= capacity,
+                            "room reserved for a refused frame"
+                        );
+                        assert!(out.len() < 100, "the same frame is refused again and again");
+                        out.push(Err(e));
+                    }
+                    Err(e) => {
+                        out.push(Err(e));
+                        return out;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Feeds `bytes` split every way that matters (in pieces of every size, and in two at every
+    /// point), with and without a scratch buffer, and checks that each gives `want`.
+    fn assert_decodes_split_anywhere(
+        limit: usize,
+        bytes: &[u8],
+        want: &[Result<Incoming, FrameError>],
+    ) {
+        for scratch in [false, true] {
+            for chunk in 1..=bytes.len() {
+                let got = feed(&mut Decoder::new(limit), bytes.chunks(chunk), scratch);
+                assert_eq!(got, want, "pieces of {chunk} (scratch: {scratch})");
+            }
+            for at in 0..=bytes.len() {
+                let (front, back) = bytes.split_at(at);
+                let got = feed(&mut Decoder::new(limit), [front, back], scratch);
+                assert_eq!(got, want, "split at {at} (scratch: {scratch})");
+            }
+        }
+    }
+
+    #[test]
+    fn a_refused_frame_is_discarded_however_it_arrives_and_the_next_frames_decode() {
+        let payload: Vec<u8> = (0..1000).map(|i| (i % 251) as u8).collect();
+        let mut bytes = client_frame(true, opcode::BINARY, &payload);
+        bytes.extend(client_frame(true, opcode::BINARY, b"ok"));
+        bytes.extend(client_frame(true, opcode::PING, b"p"));
+        bytes.extend(client_frame(true, opcode::CLOSE, &[0x0F, 0xA0]));
+        assert_decodes_split_anywhere(
+            10,
+            &bytes,
+            &[
+                Err(FrameError::TooLarge(10)),
+                Ok(Incoming::Binary(Bytes::from_static(b"ok"))),
+                Ok(Incoming::Ping(Bytes::from_static(b"p"))),
+                Ok(Incoming::Close(Some(4000))),
+            ],
+        );
+    }
+
+    #[test]
+    fn a_fragmented_message_over_the_limit_is_discarded_to_its_last_fragment() {
+        let mut bytes = client_frame(false, opcode::BINARY, &[1; 6]);
+        bytes.extend(client_frame(true, opcode::PING, b"1"));
+        // Past the limit: the message is refused and its fragments dropped.
+        bytes.extend(client_frame(false, opcode::CONTINUATION, &[2; 6]));
+        // Its remaining fragments are discarded whatever their length; control frames between
+        // them still decode.
+        bytes.extend(client_frame(false, opcode::CONTINUATION, &[3; 300]));
+        bytes.extend(client_frame(true, opcode::PONG, b""));
+        bytes.extend(client_frame(true, opcode::CONTINUATION, &[4; 70_000]));
+        bytes.extend(client_frame(true, opcode::BINARY, b"next"));
+        let want = [
+            Ok(Incoming::Ping(Bytes::from_static(b"1"))),
+            Err(FrameError::TooLarge(10)),
+            Ok(Incoming::Pong),
+            Ok(Incoming::Binary(Bytes::from_static(b"next"))),
+        ];
+        for chunk in [1, 2, 3, 7, 64, 4096, bytes.len()] {
+            for scratch in [false, true] {
+                let got = feed(&mut Decoder::new(10), bytes.chunks(chunk), scratch);
+                assert_eq!(got, want, "pieces of {chunk} (scratch: {scratch})");
+            }
+        }
+        // A refused message still ends before the next one begins.
+        let mut early = client_frame(false, opcode::BINARY, &[0; 11]);
+        early.extend(client_frame(true, opcode::BINARY, b"x"));
+        let got = feed(&mut Decoder::new(10), [&early[..]], false);
+        assert!(matches!(
+            got.as_slice(),
+            [Err(FrameError::TooLarge(10)), Err(FrameError::Protocol(_))]
+        ));
+    }
+
+    #[test]
+    fn the_longest_announced_length_is_counted_down_without_a_buffer() {
+        let mut decoder = Decoder::new(10);
+        let longest = (1u64 << 63) - 1;
+        let mut buf = BytesMut::from(&[0x82, 0xFF][..]);
+        buf.extend_from_slice(&longest.to_be_bytes());
+        buf.extend_from_slice(&[1, 2, 3, 4]);
+        assert_eq!(decoder.decode(&mut buf), Err(FrameError::TooLarge(10)));
+        let zeros = [0u8; 4096];
+        for _ in 0..256 {
+            buf.extend_from_slice(&zeros);
+            assert_eq!(decoder.decode(&mut buf), Ok(None));
+            assert!(buf.is_empty());
+            assert!(buf.capacity() <= zeros.len() + 14);
+        }
+        assert_eq!(decoder.discarding(), longest - 256 * 4096);
+        // What is left, handed over at once, then a close frame.
+        assert_eq!(decoder.discard(usize::MAX), (longest - 256 * 4096) as usize);
+        assert_eq!(decoder.discarding(), 0);
+        let close = client_frame(true, opcode::CLOSE, &[0x03, 0xE8]);
+        assert_eq!(decoder.discard(close.len()), 0);
+        assert_eq!(
+            decode_all(&mut decoder, &close),
+            Ok(vec![Incoming::Close(Some(1000))])
+        );
+    }
+
+    #[test]
+    fn text_continuations_are_discarded_without_waiting_for_them() {
+        let mut bytes = client_frame(false, opcode::TEXT, b"ab");
+        let mut decoder = Decoder::new(64);
+        bytes.extend(&client_frame(true, opcode::CONTINUATION, &[0; 60])[..8]);
+        let mut buf = BytesMut::from(&bytes[..]);
+        assert_eq!(decoder.decode(&mut buf), Ok(Some(Incoming::Text)));
+        assert_eq!(decoder.decode(&mut buf), Ok(None));
+        assert!(buf.is_empty());
+        assert_eq!(decoder.discarding(), 58);
     }
 
     #[test]

@@ -267,6 +267,20 @@ fn seeds() -> BTreeMap<(&'static str, &'static str), Vec<u8>> {
         ("frames", "over-the-limit"),
         frames_input(5, &[client_frame(true, opcode::BINARY, &[0; 2000])]),
     );
+    seeds.insert(
+        ("frames", "refused-then-close"),
+        frames_input(
+            9,
+            &[
+                client_frame(false, opcode::BINARY, &big),
+                client_frame(false, opcode::CONTINUATION, &[0; 1000]),
+                client_frame(true, opcode::PING, b"p"),
+                client_frame(true, opcode::CONTINUATION, &[0; 2000]),
+                client_frame(true, opcode::BINARY, &step1),
+                client_frame(true, opcode::CLOSE, &[0x03, 0xE8]),
+            ],
+        ),
+    );
     seeds
 }
 

@@ -131,6 +131,60 @@ pub async fn connect(url: &str) -> Ws {
     ws
 }
 
+/// Opens a WebSocket to `path` on `addr` over a bare TCP stream, for tests that write frames
+/// byte for byte and read the server's frames themselves. The answer is read a byte at a time,
+/// so that no byte after it (the server's first frames) is taken from the stream.
+pub async fn raw_upgrade(addr: std::net::SocketAddr, path: &str) -> TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upgrade = async {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"\r\n\r\n") {
+            assert!(answer.len() < 4096, "the upgrade's answer never ended");
+            answer.push(tcp.read_u8().await.unwrap());
+        }
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 101"),
+            "the upgrade was refused: {answer}"
+        );
+        tcp
+    };
+    tokio::time::timeout(WAIT, upgrade)
+        .await
+        .expect("upgrade timed out")
+}
+
+/// Reads one frame the server wrote (unmasked, as RFC 6455 requires of a server): its opcode
+/// and payload. `None` when the stream ends cleanly before a frame begins.
+pub async fn read_server_frame(
+    rd: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> std::io::Result<Option<(u8, Vec<u8>)>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 2];
+    match rd.read(&mut head[..1]).await? {
+        0 => return Ok(None),
+        _ => rd.read_exact(&mut head[1..]).await?,
+    };
+    assert_eq!(head[0] & 0x70, 0, "a reserved bit is set");
+    assert_eq!(head[1] & 0x80, 0, "a server frame is masked");
+    let len = match head[1] & 0x7F {
+        126 => u64::from(rd.read_u16().await?),
+        127 => rd.read_u64().await?,
+        n => u64::from(n),
+    };
+    assert!(len <= 1 << 30, "a server frame announces {len} bytes");
+    let mut payload = vec![0; usize::try_from(len).unwrap()];
+    rd.read_exact(&mut payload).await?;
+    Ok(Some((head[0] & 0x0F, payload)))
+}
+
 /// Reads until the server closes, returning the close code and reason, and completes the
 /// closing handshake. Binary frames before the close are skipped.
 pub async fn expect_close(ws: &mut Ws) -> (u16, String) {

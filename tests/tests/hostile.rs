@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use futures_util::SinkExt;
 use roomd::Config;
+use roomd_sync::websocket::opcode;
 use roomd_sync::{awareness, CloseCode, Message as YMessage, SyncMessage};
-use roomd_tests::{connect, expect_close, TestServer, YClient};
+use roomd_tests::{
+    connect, expect_close, raw_upgrade, read_server_frame, TestServer, YClient, WAIT,
+};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Two honest clients sharing "base" in room `r`, document `d`.
@@ -361,5 +364,115 @@ async fn frames_breaking_the_websocket_rfc_close_their_sender_with_4400() {
     other.insert("t", 0, "still here").await;
     other.round_trip().await;
     assert_eq!(server.metrics().closes(CloseCode::ProtocolError), 6);
+    server.stop().await;
+}
+
+/// The header of a masked client frame announcing `len` payload bytes in the 64-bit form.
+fn raw_header(first: u8, len: u64, mask: [u8; 4]) -> Vec<u8> {
+    let mut out = vec![first, 0x80 | 127];
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&mask);
+    out
+}
+
+/// The resident memory of this process (server and clients), where `/proc` tells it.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Streams `frames` (first byte, payload length; the payload is masked zeros) after the
+/// upgrade, in writes of 64 KiB, while reading what the server sends, then answers its close
+/// frame. The frames must be refused as too large: the test checks that the close frame (4413,
+/// with a reason) comes while the payload is still being written, that the server reads all of
+/// it without a reset, and then ends the connection cleanly once the client's close arrives.
+async fn stream_past_the_limit(server: &TestServer, frames: &[(u8, u64)]) {
+    use tokio::io::AsyncWriteExt;
+    const CHUNK: usize = 64 << 10;
+    let tcp = raw_upgrade(server.addr(), "/v1/rooms/r/yjs/d").await;
+    let (mut rd, mut wr) = tcp.into_split();
+    let mask = [0x5a, 0xc3, 0x0f, 0x96];
+    // Masked zeros are the mask repeated; a chunk is a multiple of 4 bytes, so all are alike.
+    let chunk: Vec<u8> = (0..CHUNK).map(|i| mask[i % 4]).collect();
+    let (seen_tx, mut seen_rx) = tokio::sync::oneshot::channel();
+    // The client reads while it writes, as a client library does.
+    let reader = tokio::spawn(async move {
+        // The server's first frames (its sync step 1), then its close frame.
+        let close = loop {
+            match read_server_frame(&mut rd).await {
+                Ok(Some((opcode::CLOSE, payload))) => break payload,
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the connection ended without a close frame"),
+                Err(e) => panic!("the connection failed before a close frame: {e}"),
+            }
+        };
+        let _ = seen_tx.send(());
+        // Nothing follows the close frame but the end of the stream.
+        let end = read_server_frame(&mut rd).await;
+        (close, end)
+    });
+    let resident_before = resident_bytes();
+    let total: u64 = frames.iter().map(|&(_, len)| len).sum();
+    let mut written = 0;
+    for &(first, len) in frames {
+        wr.write_all(&raw_header(first, len, mask)).await.unwrap();
+        let mut left = len;
+        while left > 0 {
+            let n = CHUNK.min(usize::try_from(left).unwrap());
+            if let Err(e) = wr.write_all(&chunk[..n]).await {
+                panic!("the connection failed after {written} of {total} payload bytes: {e}");
+            }
+            left -= n as u64;
+            written += n as u64;
+        }
+    }
+    let resident_after = resident_bytes();
+    // The close frame came at once, while the payload was still being written.
+    assert!(
+        seen_rx.try_recv().is_ok(),
+        "no close frame before the payload ended"
+    );
+    // Having finished its message, the client answers the close with the server's code.
+    let close_answer = raw_frame(0x88, true, &CloseCode::TooLarge.code().to_be_bytes());
+    wr.write_all(&close_answer).await.unwrap();
+    let (close, end) = tokio::time::timeout(WAIT, reader)
+        .await
+        .expect("the server never ended the connection")
+        .unwrap();
+    let (code, reason) = close.split_at(2);
+    assert_eq!(code, CloseCode::TooLarge.code().to_be_bytes());
+    let reason = std::str::from_utf8(reason).unwrap();
+    assert!(!reason.is_empty(), "the close frame has no reason");
+    match end {
+        Ok(None) => {}
+        Ok(Some((op, _))) => panic!("a frame of opcode {op} after the close frame"),
+        Err(e) => panic!("the connection was reset instead of closed: {e}"),
+    }
+    if let (Some(before), Some(after)) = (resident_before, resident_after) {
+        let grown = after.saturating_sub(before);
+        assert!(
+            grown < total / 2,
+            "memory grew by {grown} bytes while {total} were discarded"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_frame_announced_far_over_the_limit_gets_its_close_frame_not_a_reset() {
+    // The defaults: messages of at most 8 MiB, and 5 s for the closing handshake.
+    let server = TestServer::start().await;
+    let (mut a, mut b) = honest_pair(&server).await;
+    stream_past_the_limit(&server, &[(0x82, 200 << 20)]).await;
+    // A message over the limit by its fragments: the fragment that crosses the limit and the
+    // ones after it are discarded alike.
+    stream_past_the_limit(
+        &server,
+        &[(0x02, 4 << 20), (0x00, 200 << 20), (0x80, 1 << 20)],
+    )
+    .await;
+    assert_eq!(server.metrics().closes(CloseCode::TooLarge), 2);
+    assert_unharmed(&server, &mut a, &mut b, 0).await;
     server.stop().await;
 }
