@@ -205,13 +205,13 @@ fn updates_already_known_are_neither_forwarded_nor_appended() {
 fn awareness_frame(entries: &[(u64, u64, &str)]) -> Bytes {
     let mut update = Vec::new();
     roomd_sync::awareness::encode(
-        entries
-            .iter()
-            .map(|&(client_id, clock, state_json)| roomd_sync::awareness::Entry {
+        entries.iter().map(
+            |&(client_id, clock, state_json)| roomd_sync::awareness::Entry {
                 client_id,
                 clock,
                 state_json,
-            }),
+            },
+        ),
         &mut update,
     );
     Bytes::from(Message::Awareness(&update).to_vec())
@@ -305,7 +305,11 @@ fn awareness_for_another_participants_client_id_is_dropped_and_the_rest_forwarde
         s.open_as(ConnId(conn), peer, &mut out).unwrap();
     }
     out.clear();
-    s.receive(ConnId(1), &awareness_frame(&[(11, 1, r#"{"n":"a"}"#)]), &mut out);
+    s.receive(
+        ConnId(1),
+        &awareness_frame(&[(11, 1, r#"{"n":"a"}"#)]),
+        &mut out,
+    );
     out.clear();
     // Participant 200 re-broadcasts 11 as it is (not spoofing), claims it with a newer clock
     // (spoofing), and announces its own 22.
