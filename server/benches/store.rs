@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use roomd::{DocKey, Store};
+use roomd::{DocKey, RoomKey, Store};
 
 /// About the size of one typed character as a Yjs v1 update.
 const KEYSTROKE: [u8; 25] = [
@@ -24,7 +24,7 @@ fn open() -> (tempfile::TempDir, Store) {
 fn store(c: &mut Criterion) {
     let mut g = c.benchmark_group("store");
     let (_dir, s) = open();
-    let key = DocKey::new("bench", "doc");
+    let key = DocKey::new(&RoomKey::new([0; 16], "bench"), "doc");
     let mut seq = 0u64;
     g.throughput(Throughput::Elements(1));
     g.bench_function("append one keystroke", |b| {
@@ -48,7 +48,7 @@ fn store(c: &mut Criterion) {
     g.bench_function("compact 1,000 log entries", |b| {
         b.iter_batched(
             || {
-                let key = DocKey::new("bench", &format!("compact-{seq}"));
+                let key = DocKey::new(&RoomKey::new([0; 16], "bench"), &format!("compact-{seq}"));
                 for i in 0..1_000 {
                     s.append(&key, i, &KEYSTROKE).unwrap();
                 }
@@ -61,7 +61,7 @@ fn store(c: &mut Criterion) {
     });
     // A restart: a 200 KiB snapshot (the automerge-paper document is 218 KiB) and the log
     // written after it.
-    let loaded = DocKey::new("bench", "loaded");
+    let loaded = DocKey::new(&RoomKey::new([0; 16], "bench"), "loaded");
     s.compact(&loaded, &vec![7u8; 200 * 1024], 0).unwrap();
     for i in 1..=1_000 {
         s.append(&loaded, i, &KEYSTROKE).unwrap();

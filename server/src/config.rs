@@ -55,6 +55,15 @@ impl Default for Limits {
     }
 }
 
+/// The algorithm of an external token issuer's public key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssuerAlgorithm {
+    /// Ed25519 signatures.
+    EdDsa,
+    /// RSA PKCS#1 v1.5 with SHA-256.
+    Rs256,
+}
+
 /// Everything `roomd serve` needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -64,6 +73,15 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Allow a non-loopback listen address without authentication configured.
     pub insecure_dev: bool,
+    /// Refuse to start in open development mode (no API key, no external issuer).
+    pub auth_required: bool,
+    /// The master key sealing API key secrets; by default `master.key` in the data directory,
+    /// created on first start.
+    pub master_key_file: Option<PathBuf>,
+    /// An external issuer's public key (PEM) and algorithm, whose tokens are accepted too.
+    pub token_issuer: Option<(PathBuf, IssuerAlgorithm)>,
+    /// Failed authentication attempts allowed per source address per minute (default 30).
+    pub auth_failures_per_minute_max: u32,
     /// Interval of the group commit: accepted updates are durable at most this long after
     /// they are applied (default 20 ms).
     pub flush_interval: Duration,
@@ -79,6 +97,10 @@ pub struct Config {
     pub compact_log_bytes: usize,
     /// sled page cache, in bytes (default 64 MiB).
     pub store_cache_bytes: u64,
+    /// Developer events kept per room (default 10,000).
+    pub events_per_room_max: u64,
+    /// Age after which a developer event is pruned (default 7 days).
+    pub events_age_max: Duration,
     /// Buffer and queue bounds.
     pub limits: Limits,
 }
@@ -90,25 +112,44 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
             data_dir: data_dir.into(),
             insecure_dev: false,
+            auth_required: false,
+            master_key_file: None,
+            token_issuer: None,
+            auth_failures_per_minute_max: 30,
             flush_interval: Duration::from_millis(20),
             room_idle_timeout: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(15),
             close_timeout: Duration::from_secs(5),
             compact_log_bytes: 1024 * 1024,
             store_cache_bytes: 64 * 1024 * 1024,
+            events_per_room_max: 10_000,
+            events_age_max: Duration::from_secs(7 * 24 * 3600),
             limits: Limits::default(),
         }
     }
 
-    /// Refuses configurations that cannot work or would be unsafe.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Refuses to run open (no key, no issuer) where that would be unsafe or was refused.
+    pub fn validate_open(&self) -> Result<(), String> {
+        if self.auth_required {
+            return Err(
+                "--auth required, but the store holds no API key and no token issuer is \
+                 configured: create a key with `roomd key create --project default` first"
+                    .into(),
+            );
+        }
         if !self.listen.ip().is_loopback() && !self.insecure_dev {
             return Err(format!(
                 "refusing to listen on non-loopback address {} without authentication; \
-                 pass --insecure-dev to do it anyway",
+                 create an API key (`roomd key create --project default`) or pass \
+                 --insecure-dev to do it anyway",
                 self.listen
             ));
         }
+        Ok(())
+    }
+
+    /// Refuses configurations that cannot work.
+    pub fn validate(&self) -> Result<(), String> {
         let l = &self.limits;
         if l.message_bytes_max < 1024 {
             return Err("message_bytes_max must be at least 1024".into());

@@ -20,6 +20,12 @@ struct CloseLabels {
     reason: &'static str,
 }
 
+/// The label of an authentication or authorization refusal: a short stable reason.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
 /// Counters, gauges and histograms shared by every task. Each metric is a cheap handle;
 /// updating one is an atomic operation.
 #[derive(Debug)]
@@ -46,6 +52,17 @@ pub struct Metrics {
     pub compactions_total: Counter,
     /// Storage errors.
     pub storage_errors_total: Counter,
+    /// Updates refused because their sender may only read the document.
+    pub updates_refused_total: Counter,
+    /// Awareness entries dropped as spoofing another participant's state.
+    pub awareness_spoofed_total: Counter,
+    auth_refusals: Family<ReasonLabels, Counter>,
+    /// Participants connected now, over every room.
+    pub participants: Gauge,
+    /// Sessions started (room activations).
+    pub sessions_total: Counter,
+    /// Developer events written.
+    pub events_written_total: Counter,
     /// Seconds a room took to decode, validate and apply what one document received at once.
     pub update_apply_seconds: Histogram,
     /// Seconds a group commit (one flush of the store) took.
@@ -139,6 +156,37 @@ impl Metrics {
         );
         let storage_errors_total =
             counter(&mut registry, "roomd_storage_errors", "Storage errors.");
+        let updates_refused_total = counter(
+            &mut registry,
+            "roomd_updates_refused",
+            "Updates refused because their sender may only read the document.",
+        );
+        let awareness_spoofed_total = counter(
+            &mut registry,
+            "roomd_awareness_spoofed",
+            "Awareness entries dropped for setting another participant's state.",
+        );
+        let auth_refusals = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "roomd_auth_refusals",
+            "Requests and connections refused for their credentials, by reason.",
+            auth_refusals.clone(),
+        );
+        let participants = gauge(
+            &mut registry,
+            "roomd_participants",
+            "Participants connected, over every room.",
+        );
+        let sessions_total = counter(
+            &mut registry,
+            "roomd_sessions",
+            "Sessions started (room activations).",
+        );
+        let events_written_total = counter(
+            &mut registry,
+            "roomd_events_written",
+            "Developer events written.",
+        );
         let update_apply_seconds = seconds();
         registry.register(
             "roomd_update_apply_seconds",
@@ -165,6 +213,12 @@ impl Metrics {
             updates_appended_total,
             compactions_total,
             storage_errors_total,
+            updates_refused_total,
+            awareness_spoofed_total,
+            auth_refusals,
+            participants,
+            sessions_total,
+            events_written_total,
             update_apply_seconds,
             flush_seconds,
         };
@@ -178,6 +232,20 @@ impl Metrics {
     /// Counts a close sent by the server.
     pub fn count_close(&self, code: CloseCode) {
         self.closes.get_or_create(&close_labels(code)).inc();
+    }
+
+    /// Counts a refusal for its credentials, by a short stable reason.
+    pub fn count_refusal(&self, reason: &'static str) {
+        self.auth_refusals
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Refusals counted with `reason` so far.
+    pub fn refusals(&self, reason: &'static str) -> u64 {
+        self.auth_refusals
+            .get_or_create(&ReasonLabels { reason })
+            .get()
     }
 
     /// Closes sent with `code` so far.
@@ -218,8 +286,8 @@ mod tests {
             "roomd_connections_open 1",
             "roomd_closes_total{code=\"4508\",reason=\"too_slow\"} 1",
             "roomd_closes_total{code=\"4400\",reason=\"protocol_error\"} 0",
-            "roomd_store_writes_total 0",
-            "roomd_store_durable_writes_total 0",
+            &format!("roomd_store_writes_total {}", store.written()),
+            &format!("roomd_store_durable_writes_total {}", store.durable()),
             "roomd_update_apply_seconds_count 1",
         ] {
             assert!(

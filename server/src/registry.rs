@@ -8,7 +8,9 @@ use roomd_sync::{CloseCode, ConnId};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::outbox::Outbox;
-use crate::room::{JoinError, Room, RoomCmd};
+use crate::room::{JoinError, RestCmd, Room, RoomCmd};
+use crate::store::RoomKey;
+use crate::ws::Joining;
 use crate::AppCtx;
 
 /// How a connection reaches its room's task.
@@ -19,10 +21,10 @@ pub struct RoomHandle {
     generation: u64,
 }
 
-/// Every active room, by name.
+/// Every active room, by project and name.
 #[derive(Debug)]
 pub struct Rooms {
-    map: DashMap<Arc<str>, RoomHandle>,
+    map: DashMap<RoomKey, RoomHandle>,
     next_generation: AtomicU64,
     ctx: Arc<AppCtx>,
 }
@@ -40,16 +42,16 @@ impl Rooms {
         })
     }
 
-    fn handle(self: &Arc<Self>, room: &str) -> RoomHandle {
+    fn handle(self: &Arc<Self>, room: &RoomKey) -> RoomHandle {
         if let Some(h) = self.map.get(room) {
             return h.clone();
         }
         self.map
-            .entry(Arc::from(room))
+            .entry(room.clone())
             .or_insert_with(|| {
                 let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
                 let (tx, rx) = mpsc::channel(self.ctx.config.limits.room_inbox_messages_max);
-                let task = Room::new(Arc::from(room), generation, self.ctx.clone(), self.clone());
+                let task = Room::new(room.clone(), generation, self.ctx.clone(), self.clone());
                 self.ctx.tracker.spawn(task.run(rx));
                 RoomHandle { tx, generation }
             })
@@ -57,15 +59,58 @@ impl Rooms {
     }
 
     /// Removes `room` from the registry if it is still the given generation.
-    pub fn remove(&self, room: &str, generation: u64) {
+    pub fn remove(&self, room: &RoomKey, generation: u64) {
         self.map.remove_if(room, |_, h| h.generation == generation);
     }
 
-    /// Joins `conn` to `doc` in `room`, starting the room if needed.
+    /// Sends a REST request to `room`'s task, starting the room if needed, and waits for the
+    /// answer. A request that meets a room unloading goes to a fresh one. `None` when the server
+    /// shuts down or no room takes it.
+    pub async fn request<T>(
+        self: &Arc<Self>,
+        room: &RoomKey,
+        make: impl Fn(oneshot::Sender<T>) -> RestCmd,
+    ) -> Option<T> {
+        for _ in 0..JOIN_ATTEMPTS_MAX {
+            if self.ctx.shutdown.is_cancelled() {
+                return None;
+            }
+            let handle = self.handle(room);
+            let (reply, answer) = oneshot::channel();
+            if handle.tx.send(RoomCmd::Rest(make(reply))).await.is_err() {
+                self.remove(room, handle.generation);
+                continue;
+            }
+            if let Ok(answer) = answer.await {
+                return Some(answer);
+            }
+        }
+        None
+    }
+
+    /// Like [`Rooms::request`], but only to a room that is active: `None` when it is not (the
+    /// request never activates it).
+    pub async fn request_if_active<T>(
+        &self,
+        room: &RoomKey,
+        make: impl FnOnce(oneshot::Sender<T>) -> RestCmd,
+    ) -> Option<T> {
+        let handle = self.map.get(room).map(|h| h.clone())?;
+        let (reply, answer) = oneshot::channel();
+        handle.tx.send(RoomCmd::Rest(make(reply))).await.ok()?;
+        answer.await.ok()
+    }
+
+    /// Whether `room` is active now.
+    pub fn is_active(&self, room: &RoomKey) -> bool {
+        self.map.contains_key(room)
+    }
+
+    /// Joins `conn` to a document in `room`, starting the room if needed.
     pub async fn join(
         self: &Arc<Self>,
-        room: &str,
-        doc: Arc<str>,
+        room: &RoomKey,
+        joining: Arc<Joining>,
         conn: ConnId,
         outbox: Outbox,
     ) -> Result<RoomHandle, JoinError> {
@@ -76,7 +121,7 @@ impl Rooms {
             let handle = self.handle(room);
             let (reply, answer) = oneshot::channel();
             let cmd = RoomCmd::Join {
-                doc: doc.clone(),
+                joining: joining.clone(),
                 conn,
                 outbox: outbox.clone(),
                 reply,

@@ -15,6 +15,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::outbox::{Outbox, OutboxRx, Wake};
 use crate::room::{JoinError, RoomCmd};
+use crate::store::RoomKey;
 use crate::websocket::{RecvError, Socket};
 use crate::App;
 use roomd_sync::websocket::{opcode, FrameError, Incoming};
@@ -103,8 +104,7 @@ enum Exit {
 pub fn serve_socket(
     upgrade: OnUpgrade,
     app: Arc<App>,
-    room: Arc<str>,
-    doc: Arc<str>,
+    joining: Arc<Joining>,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
         let upgraded = match upgrade.await {
@@ -121,7 +121,7 @@ pub fn serve_socket(
         let metrics = &app.ctx.metrics;
         metrics.connections_open.inc();
         metrics.connections_total.inc();
-        let exit = join_and_run(&mut socket, &app, &room, &doc).await;
+        let exit = join_and_run(&mut socket, &app, &joining).await;
         if let Exit::Close(code, reason) = exit {
             close(&mut socket, &app, code, &reason).await;
         }
@@ -129,8 +129,37 @@ pub fn serve_socket(
     }
 }
 
-/// Joins the connection to its room and runs it until it ends; then leaves the room.
-async fn join_and_run(socket: &mut WebSocket, app: &App, room: &str, doc: &Arc<str>) -> Exit {
+/// Completes the upgrade of a refused connection, then closes it at once with `code`, before any
+/// document data: a stock y-websocket provider stops reconnecting on a 44xx close and tells the
+/// application why, where an HTTP refusal would leave it retrying for ever.
+pub async fn refuse_socket(upgrade: OnUpgrade, app: Arc<App>, code: CloseCode, reason: String) {
+    let Ok(upgraded) = upgrade.await else {
+        return;
+    };
+    let mut socket = Socket::new(
+        TokioIo::new(upgraded),
+        app.ctx.config.limits.message_bytes_max,
+    );
+    close(&mut socket, &app, code, &reason).await;
+}
+
+/// What a connection that passed authentication is about to join.
+#[derive(Debug)]
+pub struct Joining {
+    /// The room.
+    pub room: RoomKey,
+    /// The document.
+    pub doc: Arc<str>,
+    /// The participant it is.
+    pub who: roomd_room_apis::participants::Identity,
+    /// It may read the document but not change it.
+    pub read_only: bool,
+}
+
+/// Joins the connection to its room and runs it until it ends; then leaves the room, saying why
+/// the server closes it, if it does.
+async fn join_and_run(socket: &mut WebSocket, app: &App, joining: &Arc<Joining>) -> Exit {
+    let (room, doc) = (&joining.room, &joining.doc);
     let limits = &app.ctx.config.limits;
     if app.ctx.metrics.connections_open.get() > limits.connections_max as i64 {
         return Exit::Close(
@@ -142,7 +171,7 @@ async fn join_and_run(socket: &mut WebSocket, app: &App, room: &str, doc: &Arc<s
     let (outbox, rx) = Outbox::new(limits.outbox_messages_max, limits.outbox_bytes_max);
     // Boxed: joining happens once, and its future would otherwise take space in every idle
     // connection's.
-    let handle = match Box::pin(app.rooms.join(room, doc.clone(), conn, outbox)).await {
+    let handle = match Box::pin(app.rooms.join(room, joining.clone(), conn, outbox)).await {
         Ok(handle) => handle,
         Err(JoinError::Refused(code, reason)) => return Exit::Close(code, reason),
         Err(JoinError::Unloading) => {
@@ -153,6 +182,10 @@ async fn join_and_run(socket: &mut WebSocket, app: &App, room: &str, doc: &Arc<s
     let leave = RoomCmd::Leave {
         doc: doc.clone(),
         conn,
+        closed: match &exit {
+            Exit::Close(code, reason) => Some((*code, reason.clone())),
+            Exit::Gone => None,
+        },
     };
     if let Err(mpsc::error::TrySendError::Full(leave)) = handle.tx.try_send(leave) {
         let _ = Box::pin(handle.tx.send(leave)).await;
@@ -371,9 +404,8 @@ mod tests {
     /// interval.
     #[test]
     fn the_connection_future_stays_small() {
-        let size = future_size(|(u, a, r, d): (OnUpgrade, Arc<App>, Arc<str>, Arc<str>)| {
-            serve_socket(u, a, r, d)
-        });
+        let size =
+            future_size(|(u, a, j): (OnUpgrade, Arc<App>, Arc<Joining>)| serve_socket(u, a, j));
         assert!(size <= 1_000, "the connection future takes {size} bytes");
     }
 

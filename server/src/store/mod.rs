@@ -1,18 +1,37 @@
-//! Durable storage in sled: one append-only log and one snapshot per document, group-committed.
+//! Durable storage in sled: documents (one append-only log and one snapshot each), projects and
+//! their API keys, rooms, sessions and developer events, all group-committed.
 //!
 //! Records are versioned byte layouts of their own (first byte = record version):
-//! - log key `doc_key ++ seq (u64 BE)` → `[1] ++ v1 update`
-//! - snapshot key `doc_key` → `[1] ++ covered_seq (u64 BE) ++ v1 update`
+//! - document log key `doc_key ++ seq (u64 BE)` → `[1] ++ v1 update`
+//! - document snapshot key `doc_key` → `[1] ++ covered_seq (u64 BE) ++ v1 update`
+//! - projects, keys, rooms, sessions and events → `[1] ++ JSON` of their record structs
+//!   (`records`), which are storage types of their own, never the core's.
 //!
-//! A snapshot covers every log entry up to `covered_seq`; loading ignores such entries even if
-//! a crash left them behind, so compaction needs no cross-tree transaction.
+//! Keys: a room is `project id (16 bytes) ++ u16 BE length ++ name`, a document is its room's key
+//! `++ u16 BE length ++ name`, so every document of a room shares the room's prefix and no key is a
+//! prefix of another room's or document's. A snapshot covers every log entry up to
+//! `covered_seq`; loading ignores such entries even if a crash left them behind, so compaction
+//! needs no cross-tree transaction.
+//!
+//! The layout has a schema version in the `meta` tree. A store written before projects existed
+//! (schema 0: documents keyed by room and name alone, in `yjs_log` and `yjs_snapshot`) is
+//! migrated on open: its documents move under the `default` project.
+
+mod records;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+pub use records::{EventRecord, KeyRecord, ProjectRecord, SessionParticipant, SessionRecord};
+
 const RECORD_V1: u8 = 1;
+/// The layout this code writes.
+const SCHEMA: u32 = 1;
+const SCHEMA_KEY: &[u8] = b"schema";
+/// The name of the project that exists from the start, and serves open development mode.
+pub const DEFAULT_PROJECT: &str = "default";
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -23,23 +42,70 @@ pub enum StoreError {
     /// A stored record has an unknown version or is truncated.
     #[error("corrupt record for {0}")]
     Corrupt(String),
+    /// The store was written by a newer roomd.
+    #[error("the store has schema {0}, newer than this roomd understands ({SCHEMA})")]
+    TooNew(u32),
 }
 
-/// A document's identity in storage: its room and name, length-prefixed so that no key is a
-/// prefix of another document's keys.
+/// A project's id in storage: a UUID's 16 bytes.
+pub type ProjectKey = [u8; 16];
+
+/// A room's identity in storage: its project and its name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomKey(Arc<[u8]>);
+
+impl RoomKey {
+    /// The key of room `room` of `project`. The name is at most 65,535 bytes (the router enforces
+    /// far smaller limits).
+    pub fn new(project: ProjectKey, room: &str) -> RoomKey {
+        let mut k = Vec::with_capacity(18 + room.len());
+        k.extend_from_slice(&project);
+        push_part(&mut k, room);
+        RoomKey(k.into())
+    }
+
+    /// The room's project.
+    pub fn project(&self) -> ProjectKey {
+        let mut p = [0; 16];
+        p.copy_from_slice(&self.0[..16]);
+        p
+    }
+
+    /// The room's name.
+    pub fn name(&self) -> &str {
+        // Built from a `&str` by `new`, so the bytes after the length are UTF-8.
+        std::str::from_utf8(&self.0[18..]).unwrap_or_default()
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Reads a room key back from the front of a stored key; returns it and the rest.
+    fn split(key: &[u8]) -> Option<(RoomKey, &[u8])> {
+        let len = usize::from(u16::from_be_bytes(key.get(16..18)?.try_into().ok()?));
+        let end = 18 + len;
+        std::str::from_utf8(key.get(18..end)?).ok()?;
+        Some((RoomKey(key[..end].into()), &key[end..]))
+    }
+}
+
+fn push_part(k: &mut Vec<u8>, part: &str) {
+    let len = u16::try_from(part.len()).unwrap_or(u16::MAX);
+    k.extend_from_slice(&len.to_be_bytes());
+    k.extend_from_slice(&part.as_bytes()[..usize::from(len)]);
+}
+
+/// A document's identity in storage: its room and its name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DocKey(Arc<[u8]>);
 
 impl DocKey {
-    /// The key of document `doc` in room `room`. Both are at most 65,535 bytes (the router
-    /// enforces far smaller limits).
-    pub fn new(room: &str, doc: &str) -> DocKey {
-        let mut k = Vec::with_capacity(4 + room.len() + doc.len());
-        for part in [room, doc] {
-            let len = u16::try_from(part.len()).unwrap_or(u16::MAX);
-            k.extend_from_slice(&len.to_be_bytes());
-            k.extend_from_slice(&part.as_bytes()[..usize::from(len)]);
-        }
+    /// The key of document `doc` in `room`.
+    pub fn new(room: &RoomKey, doc: &str) -> DocKey {
+        let mut k = Vec::with_capacity(room.0.len() + 2 + doc.len());
+        k.extend_from_slice(room.bytes());
+        push_part(&mut k, doc);
         DocKey(k.into())
     }
 
@@ -51,7 +117,14 @@ impl DocKey {
     }
 
     fn describe(&self) -> String {
-        String::from_utf8_lossy(&self.0).into_owned()
+        String::from_utf8_lossy(&self.0[16..]).into_owned()
+    }
+
+    /// The document's name, read back after its room's key.
+    fn name_after(rest: &[u8]) -> Option<(&str, &[u8])> {
+        let len = usize::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?));
+        let name = std::str::from_utf8(rest.get(2..2 + len)?).ok()?;
+        Some((name, &rest[2 + len..]))
     }
 }
 
@@ -68,35 +141,135 @@ pub struct StoredDoc {
     pub next_seq: u64,
 }
 
+impl StoredDoc {
+    /// True when nothing was ever stored for the document.
+    pub fn is_new(&self) -> bool {
+        self.snapshot.is_none() && self.log.is_empty() && self.next_seq == 0
+    }
+}
+
+/// A stored document's name and the bytes it takes (snapshot and log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocSize {
+    /// The document's name.
+    pub name: String,
+    /// Bytes of its snapshot and log entries.
+    pub bytes: u64,
+}
+
+/// The number of a write: it is durable once [`Store::durable`] reaches it.
+pub type WriteSeq = u64;
+
 /// The sled database and its group-commit counters.
 #[derive(Debug, Clone)]
 pub struct Store {
     db: sled::Db,
     log: sled::Tree,
     snapshots: sled::Tree,
+    pub(crate) projects: sled::Tree,
+    pub(crate) keys: sled::Tree,
+    pub(crate) rooms: sled::Tree,
+    pub(crate) sessions: sled::Tree,
+    pub(crate) events: sled::Tree,
     /// Writes issued so far.
     written: Arc<AtomicU64>,
     /// Writes covered by a completed flush.
     durable: Arc<AtomicU64>,
 }
 
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 impl Store {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir`, migrating an older layout. A new store, and one
+    /// migrated from before projects existed, holds a project named [`DEFAULT_PROJECT`] with a
+    /// random id.
     pub fn open(dir: &std::path::Path, cache_bytes: u64) -> Result<Store, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
             .flush_every_ms(None)
             .open()?;
-        let log = db.open_tree("yjs_log")?;
-        let snapshots = db.open_tree("yjs_snapshot")?;
-        Ok(Store {
+        let store = Store {
+            log: db.open_tree("doc_log")?,
+            snapshots: db.open_tree("doc_snapshot")?,
+            projects: db.open_tree("projects")?,
+            keys: db.open_tree("keys")?,
+            rooms: db.open_tree("rooms")?,
+            sessions: db.open_tree("sessions")?,
+            events: db.open_tree("events")?,
             db,
-            log,
-            snapshots,
             written: Arc::new(AtomicU64::new(0)),
             durable: Arc::new(AtomicU64::new(0)),
-        })
+        };
+        store.upgrade()?;
+        Ok(store)
+    }
+
+    /// Brings the layout to [`SCHEMA`]. Idempotent: a crash half-way leaves the old trees in
+    /// place and the schema unset, and the next open starts again.
+    fn upgrade(&self) -> Result<(), StoreError> {
+        let meta = self.db.open_tree("meta")?;
+        let schema = match meta.get(SCHEMA_KEY)? {
+            Some(v) => u32::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("schema".into()))?,
+            ),
+            None => 0,
+        };
+        if schema > SCHEMA {
+            return Err(StoreError::TooNew(schema));
+        }
+        if schema == SCHEMA {
+            return Ok(());
+        }
+        // Schema 0, or a new store: a default project, then every document moved under it.
+        let default = match self.project_by_name(DEFAULT_PROJECT)? {
+            Some(p) => p,
+            None => {
+                let p = ProjectRecord {
+                    id: *uuid::Uuid::new_v4().as_bytes(),
+                    name: DEFAULT_PROJECT.into(),
+                    created_ms: now_ms(),
+                    allow_no_expiry: false,
+                };
+                self.put_project(&p)?;
+                p
+            }
+        };
+        let names = self.db.tree_names();
+        for (old, new) in [("yjs_log", &self.log), ("yjs_snapshot", &self.snapshots)] {
+            if !names.iter().any(|n| n.as_ref() == old.as_bytes()) {
+                continue;
+            }
+            let old_tree = self.db.open_tree(old)?;
+            // A migration cut short left some entries copied: start again from nothing.
+            new.clear()?;
+            for item in old_tree.iter() {
+                let (k, v) = item?;
+                let mut key = Vec::with_capacity(16 + k.len());
+                key.extend_from_slice(&default.id);
+                key.extend_from_slice(&k);
+                new.insert(key, v)?;
+            }
+        }
+        meta.insert(SCHEMA_KEY, &SCHEMA.to_be_bytes())?;
+        self.db.flush()?;
+        for old in ["yjs_log", "yjs_snapshot"] {
+            self.db.drop_tree(old)?;
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Counts a write; it is durable once a flush started after it completes.
+    fn wrote(&self) -> WriteSeq {
+        self.written.fetch_add(1, Ordering::AcqRel) + 1
     }
 
     /// Reads a document's snapshot and the log entries after it. The log is read first, so a
@@ -146,13 +319,12 @@ impl Store {
     }
 
     /// Appends an accepted update as log entry `seq`. It is durable after the next flush.
-    pub fn append(&self, key: &DocKey, seq: u64, update: &[u8]) -> Result<(), StoreError> {
+    pub fn append(&self, key: &DocKey, seq: u64, update: &[u8]) -> Result<WriteSeq, StoreError> {
         let mut v = Vec::with_capacity(1 + update.len());
         v.push(RECORD_V1);
         v.extend_from_slice(update);
         self.log.insert(key.log_key(seq), v)?;
-        self.written.fetch_add(1, Ordering::Release);
-        Ok(())
+        Ok(self.wrote())
     }
 
     /// Replaces the document's snapshot with `snapshot`, which covers log entries up to and
@@ -174,28 +346,75 @@ impl Store {
             batch.remove(k);
         }
         self.log.apply_batch(batch)?;
-        self.written.fetch_add(1, Ordering::Release);
+        self.wrote();
         Ok(())
+    }
+
+    /// Removes a document: its snapshot and its log.
+    pub fn delete_doc(&self, key: &DocKey) -> Result<WriteSeq, StoreError> {
+        self.snapshots.remove(&key.0[..])?;
+        let mut batch = sled::Batch::default();
+        for item in self.log.scan_prefix(&key.0[..]).keys() {
+            let k = item?;
+            // Only this document's entries: a key continuing with 8 bytes of sequence.
+            if k.len() == key.0.len() + 8 {
+                batch.remove(k);
+            }
+        }
+        self.log.apply_batch(batch)?;
+        Ok(self.wrote())
+    }
+
+    /// The documents stored in `room`, with their sizes, by name.
+    pub fn docs(&self, room: &RoomKey) -> Result<Vec<DocSize>, StoreError> {
+        let mut sizes: std::collections::BTreeMap<String, u64> = Default::default();
+        for tree in [&self.snapshots, &self.log] {
+            for item in tree.scan_prefix(room.bytes()) {
+                let (k, v) = item?;
+                let rest = &k[room.bytes().len()..];
+                let Some((name, _)) = DocKey::name_after(rest) else {
+                    return Err(StoreError::Corrupt(room.name().into()));
+                };
+                *sizes.entry(name.to_string()).or_default() += v.len() as u64;
+            }
+        }
+        Ok(sizes
+            .into_iter()
+            .map(|(name, bytes)| DocSize { name, bytes })
+            .collect())
+    }
+
+    /// Removes everything stored for `room`: documents, sessions, events and its record.
+    pub fn delete_room(&self, room: &RoomKey) -> Result<WriteSeq, StoreError> {
+        for tree in [&self.snapshots, &self.log, &self.sessions, &self.events] {
+            let mut batch = sled::Batch::default();
+            for k in tree.scan_prefix(room.bytes()).keys() {
+                batch.remove(k?);
+            }
+            tree.apply_batch(batch)?;
+        }
+        self.rooms.remove(room.bytes())?;
+        Ok(self.wrote())
     }
 
     /// Makes every write issued so far durable (blocking; call off the async threads).
-    pub fn flush(&self) -> Result<(), StoreError> {
+    pub fn flush(&self) -> Result<WriteSeq, StoreError> {
         let target = self.written.load(Ordering::Acquire);
         if self.durable.load(Ordering::Acquire) >= target {
-            return Ok(());
+            return Ok(target);
         }
         self.db.flush()?;
         self.durable.fetch_max(target, Ordering::AcqRel);
-        Ok(())
+        Ok(target)
     }
 
     /// Writes issued so far.
-    pub fn written(&self) -> u64 {
+    pub fn written(&self) -> WriteSeq {
         self.written.load(Ordering::Acquire)
     }
 
     /// Writes known to be durable.
-    pub fn durable(&self) -> u64 {
+    pub fn durable(&self) -> WriteSeq {
         self.durable.load(Ordering::Acquire)
     }
 
@@ -205,27 +424,62 @@ impl Store {
     }
 }
 
+/// Encodes a record: its version byte, then its JSON.
+fn encode_record<T: serde::Serialize>(record: &T) -> Vec<u8> {
+    let mut v = vec![RECORD_V1];
+    // Serialising a plain record struct into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut v, record);
+    v
+}
+
+/// Decodes a record written by [`encode_record`].
+fn decode_record<T: serde::de::DeserializeOwned>(
+    what: &str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    match bytes.split_first() {
+        Some((&RECORD_V1, json)) => {
+            serde_json::from_slice(json).map_err(|_| StoreError::Corrupt(what.into()))
+        }
+        _ => Err(StoreError::Corrupt(what.into())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const P: ProjectKey = [7; 16];
+
     #[test]
-    fn keys_of_different_docs_never_share_a_prefix() {
-        let a = DocKey::new("r", "a");
-        let ab = DocKey::new("r", "a/b");
+    fn keys_of_different_docs_and_rooms_never_share_a_prefix() {
+        let room = RoomKey::new(P, "r");
+        let a = DocKey::new(&room, "a");
+        let ab = DocKey::new(&room, "a/b");
         assert!(!ab.log_key(0).starts_with(&a.0));
-        assert_ne!(DocKey::new("ra", ""), DocKey::new("r", "a"));
+        assert_ne!(
+            DocKey::new(&RoomKey::new(P, "ra"), ""),
+            DocKey::new(&room, "a")
+        );
+        assert!(!RoomKey::new(P, "rr").0.starts_with(&room.0));
+        assert_ne!(RoomKey::new([8; 16], "r"), room);
+        assert_eq!(room.name(), "r");
+        assert_eq!(room.project(), P);
     }
 
     #[test]
-    fn append_compact_load() {
+    fn append_compact_load_list_delete() {
         let dir = tempdir();
         let store = Store::open(dir.path(), 1 << 20).unwrap();
-        let k = DocKey::new("room", "doc");
-        let other = DocKey::new("room", "doc2");
+        let room = RoomKey::new(P, "room");
+        let k = DocKey::new(&room, "doc");
+        let other = DocKey::new(&room, "doc2");
+        let elsewhere = DocKey::new(&RoomKey::new([9; 16], "room"), "doc");
+        assert!(store.load(&k).unwrap().is_new());
         store.append(&k, 0, b"a").unwrap();
         store.append(&k, 1, b"b").unwrap();
         store.append(&other, 0, b"x").unwrap();
+        store.append(&elsewhere, 0, b"y").unwrap();
         let d = store.load(&k).unwrap();
         assert_eq!(
             d.log,
@@ -238,9 +492,57 @@ mod tests {
         assert_eq!(d.snapshot.as_deref(), Some(&b"ab"[..]));
         assert_eq!(d.log, vec![Bytes::from_static(b"c")]);
         assert_eq!(d.next_seq, 3);
-        store.flush().unwrap();
-        assert_eq!(store.durable(), store.written());
+        let docs = store.docs(&room).unwrap();
+        assert_eq!(
+            docs.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
+            ["doc", "doc2"]
+        );
+        store.delete_doc(&k).unwrap();
+        assert!(store.load(&k).unwrap().is_new());
         assert_eq!(store.load(&other).unwrap().log.len(), 1);
+        store.delete_room(&room).unwrap();
+        assert!(store.load(&other).unwrap().is_new());
+        assert_eq!(store.load(&elsewhere).unwrap().log.len(), 1);
+        let seq = store.flush().unwrap();
+        assert_eq!(store.durable(), store.written());
+        assert_eq!(seq, store.written());
+    }
+
+    #[test]
+    fn a_store_from_before_projects_moves_under_the_default_project() {
+        let dir = tempdir();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let log = db.open_tree("yjs_log").unwrap();
+            let snapshots = db.open_tree("yjs_snapshot").unwrap();
+            // The old layout: u16 length ++ room ++ u16 length ++ doc (++ seq for the log).
+            let mut key = Vec::new();
+            push_part(&mut key, "room");
+            push_part(&mut key, "doc");
+            let mut entry = key.clone();
+            entry.extend_from_slice(&1u64.to_be_bytes());
+            log.insert(entry, &[RECORD_V1, 42][..]).unwrap();
+            let mut snap = vec![RECORD_V1];
+            snap.extend_from_slice(&0u64.to_be_bytes());
+            snap.push(41);
+            snapshots.insert(key, snap).unwrap();
+            db.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let default = store.project_by_name(DEFAULT_PROJECT).unwrap().unwrap();
+        let d = store
+            .load(&DocKey::new(&RoomKey::new(default.id, "room"), "doc"))
+            .unwrap();
+        assert_eq!(d.snapshot.as_deref(), Some(&[41][..]));
+        assert_eq!(d.log, vec![Bytes::from_static(&[42])]);
+        drop(store);
+        // Opening again changes nothing.
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(store.projects().unwrap().len(), 1);
+        let d = store
+            .load(&DocKey::new(&RoomKey::new(default.id, "room"), "doc"))
+            .unwrap();
+        assert_eq!(d.log.len(), 1);
     }
 
     fn tempdir() -> tempfile::TempDir {

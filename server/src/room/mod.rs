@@ -1,21 +1,30 @@
-//! One task per active room: it owns the room's documents and is reached only through a
-//! bounded channel of [`RoomCmd`]s.
+//! One task per active room: it owns the room's documents, its session and its participants,
+//! and is reached only through a bounded channel of [`RoomCmd`]s.
+
+mod presence;
+mod rest;
+
+pub use rest::{DocFormat, DocRead, RestCmd, RestError};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use roomd_crdt::{DocLimits, YDoc};
+use roomd_room_apis::participants::Participants;
 use roomd_sync::{
-    CloseCode, ConnId, Message, MessageLimits, Output, SessionLimits, SyncMessage, YjsDocSession,
+    CloseCode, ConnId, Message, MessageLimits, Output, Peer, SessionLimits, SyncMessage,
+    YjsDocSession,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::events::EventKind;
 use crate::outbox::{Outbox, PushError};
 use crate::registry::Rooms;
-use crate::store::{DocKey, StoreError, StoredDoc};
+use crate::store::{DocKey, RoomKey, StoreError, StoredDoc, WriteSeq};
+use crate::ws::Joining;
 use crate::AppCtx;
 
 /// Commands a room task takes from its inbox at once, at most.
@@ -24,10 +33,10 @@ const INBOX_BATCH_MAX: usize = 256;
 /// A command for a room task.
 #[derive(Debug)]
 pub enum RoomCmd {
-    /// A connection wants to sync `doc`; the reply says whether it may.
+    /// A connection wants to sync a document; the reply says whether it may.
     Join {
-        /// Document name.
-        doc: Arc<str>,
+        /// The document, and who the connection is.
+        joining: Arc<Joining>,
         /// The connection.
         conn: ConnId,
         /// Where the room queues frames for it.
@@ -50,7 +59,11 @@ pub enum RoomCmd {
         doc: Arc<str>,
         /// The connection.
         conn: ConnId,
+        /// The code and reason the server closed it with, if it did.
+        closed: Option<(CloseCode, String)>,
     },
+    /// A request of the REST API.
+    Rest(RestCmd),
 }
 
 /// Why a join was refused.
@@ -70,6 +83,10 @@ struct DocState {
     next_seq: u64,
     log_bytes: usize,
     compaction: Option<JoinHandle<()>>,
+    /// Nothing was ever stored for the document: its first append creates it.
+    new: bool,
+    /// The server writes the document itself (`.room/participants`): it stays loaded.
+    authored: bool,
 }
 
 /// A document being integrated on a blocking thread. Its connections have joined already: a
@@ -78,14 +95,16 @@ struct DocState {
 struct Loading {
     /// The stored snapshot, when it is the whole document (nothing logged after it).
     snapshot: Option<Bytes>,
-    /// Connections that joined while it loads, in order.
-    joined: Vec<ConnId>,
+    /// Connections that joined while it loads, in order, with who they are.
+    joined: Vec<(ConnId, Peer)>,
     /// Frames and leaves that arrived while it loads, in order.
     queued: Vec<RoomCmd>,
 }
 
 /// A room task's state.
 pub struct Room {
+    key: RoomKey,
+    /// The room's name, for logs.
     name: Arc<str>,
     generation: u64,
     ctx: Arc<AppCtx>,
@@ -98,6 +117,10 @@ pub struct Room {
     loaded_tx: mpsc::Sender<(Arc<str>, Option<DocState>)>,
     loaded_rx: mpsc::Receiver<(Arc<str>, Option<DocState>)>,
     outboxes: HashMap<ConnId, Outbox>,
+    /// This activation of the room.
+    session: presence::Session,
+    /// Who is connected.
+    participants: Participants,
 }
 
 impl std::fmt::Debug for Room {
@@ -122,10 +145,11 @@ impl Drop for Room {
 
 impl Room {
     /// A room with nothing loaded yet.
-    pub fn new(name: Arc<str>, generation: u64, ctx: Arc<AppCtx>, rooms: Arc<Rooms>) -> Room {
+    pub fn new(key: RoomKey, generation: u64, ctx: Arc<AppCtx>, rooms: Arc<Rooms>) -> Room {
         let (loaded_tx, loaded_rx) = mpsc::channel(ctx.config.limits.room_docs_max.max(1));
         Room {
-            name,
+            name: key.name().into(),
+            key,
             generation,
             ctx,
             rooms,
@@ -134,6 +158,8 @@ impl Room {
             loaded_tx,
             loaded_rx,
             outboxes: HashMap::new(),
+            session: presence::Session::new(),
+            participants: Participants::default(),
         }
     }
 
@@ -159,6 +185,7 @@ impl Room {
     pub async fn run(mut self, mut rx: mpsc::Receiver<RoomCmd>) {
         self.ctx.metrics.rooms_active.inc();
         tracing::debug!(room = %self.name, "room loaded");
+        self.begin_session().await;
         let idle_timeout = self.ctx.config.room_idle_timeout;
         let idle = tokio::time::sleep(idle_timeout);
         tokio::pin!(idle);
@@ -194,6 +221,10 @@ impl Room {
                         }
                     }
                     self.handle_batch(batch).await;
+                    if self.session.deleted() {
+                        self.leave_registry(&mut rx).await;
+                        break;
+                    }
                     if self.outboxes.is_empty() && !no_conns {
                         idle.as_mut().reset(Instant::now() + idle_timeout);
                     }
@@ -204,24 +235,37 @@ impl Room {
                 _ = &mut idle, if no_conns => {
                     // Fold and flush everything while still registered, then leave the
                     // registry and turn away joins that raced with the unload.
+                    self.end_session();
                     self.persist_all().await;
-                    self.rooms.remove(&self.name, self.generation);
-                    rx.close();
-                    while let Some(cmd) = rx.recv().await {
-                        if let RoomCmd::Join { reply, .. } = cmd {
-                            let _ = reply.send(Err(JoinError::Unloading));
-                        }
-                    }
+                    self.leave_registry(&mut rx).await;
                     break;
                 }
             }
         }
-        self.persist_all().await;
-        self.rooms.remove(&self.name, self.generation);
+        if !self.session.ended() {
+            self.end_session();
+        }
+        if !self.session.deleted() {
+            self.persist_all().await;
+        }
+        self.rooms.remove(&self.key, self.generation);
+        self.ctx.events.release(&self.key);
         let docs = self.docs.len() as i64;
         self.ctx.metrics.docs_loaded.dec_by(docs);
         self.ctx.metrics.rooms_active.dec();
         tracing::debug!(room = %self.name, "room unloaded");
+    }
+
+    /// Leaves the registry, then turns away what raced with it: joins are told to join a fresh
+    /// room, and requests dropped unanswered are retried on one.
+    async fn leave_registry(&mut self, rx: &mut mpsc::Receiver<RoomCmd>) {
+        self.rooms.remove(&self.key, self.generation);
+        rx.close();
+        while let Some(cmd) = rx.recv().await {
+            if let RoomCmd::Join { reply, .. } = cmd {
+                let _ = reply.send(Err(JoinError::Unloading));
+            }
+        }
     }
 
     /// Handles commands in order; consecutive frames for one document go to its session
@@ -283,22 +327,28 @@ impl Room {
     async fn handle(&mut self, cmd: RoomCmd) {
         match cmd {
             RoomCmd::Join {
-                doc,
+                joining,
                 conn,
                 outbox,
                 reply,
             } => {
-                let result = self.join(doc, conn, outbox).await;
+                let result = self.join_participant(&joining, conn, outbox).await;
                 let _ = reply.send(result);
             }
             RoomCmd::Frame { doc, conn, frame } => {
                 self.receive_frames(&doc, &[(conn, frame)]).await;
             }
-            RoomCmd::Leave { doc, conn } => {
-                self.outboxes.remove(&conn);
+            RoomCmd::Leave { doc, conn, closed } => {
+                if self.outboxes.remove(&conn).is_some() || closed.is_some() {
+                    self.participant_left(&doc, conn, closed.as_ref());
+                }
                 if let Some(l) = self.loading.get_mut(&doc) {
                     // Its frames queued before it wait for the document, and so does its leave.
-                    l.queued.push(RoomCmd::Leave { doc, conn });
+                    l.queued.push(RoomCmd::Leave {
+                        doc,
+                        conn,
+                        closed: None,
+                    });
                     return;
                 }
                 let mut out = Vec::new();
@@ -307,12 +357,45 @@ impl Room {
                 }
                 self.carry_out(&doc, out);
             }
+            // Boxed: a request may wait for a document that loads, whose queued frames are
+            // handled then, so the futures would otherwise contain each other.
+            RoomCmd::Rest(cmd) => Box::pin(self.rest(cmd)).await,
         }
     }
 
-    async fn join(&mut self, doc: Arc<str>, conn: ConnId, outbox: Outbox) -> Result<(), JoinError> {
+    /// Joins `conn` to a document: the document first (it may refuse), then the participant.
+    async fn join_participant(
+        &mut self,
+        joining: &Arc<Joining>,
+        conn: ConnId,
+        outbox: Outbox,
+    ) -> Result<(), JoinError> {
+        let number = self.participants_connect(joining, conn);
+        let peer = Peer {
+            participant: number,
+            read_only: joining.read_only,
+        };
+        match self.join(joining.doc.clone(), conn, peer, outbox).await {
+            Ok(()) => {
+                self.participant_joined(conn);
+                Ok(())
+            }
+            Err(e) => {
+                self.participants.disconnect(conn.0);
+                Err(e)
+            }
+        }
+    }
+
+    async fn join(
+        &mut self,
+        doc: Arc<str>,
+        conn: ConnId,
+        peer: Peer,
+        outbox: Outbox,
+    ) -> Result<(), JoinError> {
         if let Some(l) = self.loading.get_mut(&doc) {
-            l.joined.push(conn);
+            l.joined.push((conn, peer));
             self.outboxes.insert(conn, outbox);
             return Ok(());
         }
@@ -331,7 +414,7 @@ impl Room {
                 JoinError::Refused(CloseCode::Internal, "document could not be loaded".into())
             })?;
             if let Some(l) = self.loading.get_mut(&doc) {
-                l.joined.push(conn);
+                l.joined.push((conn, peer));
                 self.outboxes.insert(conn, outbox);
             }
             return Ok(());
@@ -343,7 +426,7 @@ impl Room {
                 "document vanished".into(),
             ));
         };
-        d.session.open(conn, &mut out).map_err(|code| {
+        d.session.open_as(conn, peer, &mut out).map_err(|code| {
             JoinError::Refused(code, "too many connections to this document".into())
         })?;
         self.outboxes.insert(conn, outbox);
@@ -354,7 +437,7 @@ impl Room {
     /// Reads a document from storage, then integrates it on a blocking thread while the room
     /// goes on; [`Room::install`] takes it when it is ready.
     async fn start_loading(&mut self, doc: &Arc<str>) -> Result<(), StoreError> {
-        let key = DocKey::new(&self.name, doc);
+        let key = DocKey::new(&self.key, doc);
         let store = self.ctx.store.clone();
         let k = key.clone();
         let stored = tokio::task::spawn_blocking(move || store.load(&k))
@@ -433,7 +516,7 @@ impl Room {
         };
         let Some(state) = state else {
             tracing::error!(room = %self.name, %doc, "building the document failed; closing its connections");
-            for conn in loading.joined {
+            for (conn, _) in loading.joined {
                 if let Some(outbox) = self.outboxes.remove(&conn) {
                     outbox.close(CloseCode::Internal, "document could not be loaded");
                 }
@@ -442,7 +525,7 @@ impl Room {
         };
         self.docs.insert(doc.clone(), state);
         self.ctx.metrics.docs_loaded.inc();
-        for conn in loading.joined {
+        for (conn, peer) in loading.joined {
             if !self.outboxes.contains_key(&conn) {
                 // Gone (or closed) before the document was ready; its leave is queued.
                 continue;
@@ -451,7 +534,7 @@ impl Room {
             let Some(d) = self.docs.get_mut(&doc) else {
                 return;
             };
-            if let Err(code) = d.session.open(conn, &mut out) {
+            if let Err(code) = d.session.open_as(conn, peer, &mut out) {
                 if let Some(outbox) = self.outboxes.remove(&conn) {
                     outbox.close(code, "too many connections to this document");
                 }
@@ -474,7 +557,7 @@ impl Room {
 
     /// Reads and integrates a document, both on a blocking thread (used to rebuild one).
     async fn load_doc(&self, doc: &str) -> Result<DocState, StoreError> {
-        let key = DocKey::new(&self.name, doc);
+        let key = DocKey::new(&self.key, doc);
         let store = self.ctx.store.clone();
         let build = self.doc_builder(doc);
         tokio::task::spawn_blocking(move || {
@@ -506,15 +589,20 @@ impl Room {
                 next_seq: stored.next_seq,
                 log_bytes: stored.log_bytes,
                 compaction: None,
+                new: stored.is_new(),
+                authored: false,
             }
         }
     }
 
     /// Carries out a session's outputs in order. A connection that cannot take a frame is
-    /// closed as too slow, which may produce more outputs (its awareness removal).
-    fn carry_out(&mut self, doc: &Arc<str>, out: Vec<Output>) {
+    /// closed as too slow, which may produce more outputs (its awareness removal). Returns the
+    /// last storage write issued, if any: what is stored is durable once it is.
+    fn carry_out(&mut self, doc: &Arc<str>, out: Vec<Output>) -> Option<WriteSeq> {
         let mut queue: VecDeque<Output> = out.into();
         let mut compact = false;
+        let mut written = None;
+        let mut created = false;
         while let Some(output) = queue.pop_front() {
             match output {
                 Output::Send { conn, frame } => {
@@ -548,16 +636,36 @@ impl Room {
                     let seq = d.next_seq;
                     d.next_seq += 1;
                     match self.ctx.store.append(&d.key, seq, &update) {
-                        Ok(()) => {
+                        Ok(write) => {
                             self.ctx.metrics.updates_appended_total.inc();
                             d.log_bytes += update.len();
                             compact |= d.log_bytes >= self.ctx.config.compact_log_bytes;
+                            written = Some(write);
+                            created |= std::mem::take(&mut d.new);
                         }
                         Err(e) => {
                             self.ctx.metrics.storage_errors_total.inc();
                             tracing::error!(room = %self.name, %doc, error = %e, "append failed");
                         }
                     }
+                }
+                Output::Refused { conn } => {
+                    self.ctx.metrics.updates_refused_total.inc();
+                    tracing::info!(room = %self.name, %doc, conn = conn.0, "update refused: the participant may only read this document");
+                    let who = self.event_participant(conn);
+                    self.ctx.emit(
+                        &self.key,
+                        EventKind::UpdateRefused,
+                        who.as_ref(),
+                        serde_json::json!({ "document": &**doc }),
+                    );
+                }
+                Output::Spoofed { conn, entries } => {
+                    self.ctx
+                        .metrics
+                        .awareness_spoofed_total
+                        .inc_by(entries as u64);
+                    tracing::info!(room = %self.name, %doc, conn = conn.0, entries, "awareness for another participant's client ids dropped");
                 }
                 Output::Disconnect { conn, code, reason } => {
                     tracing::info!(room = %self.name, %doc, conn = conn.0, code = code.code(), %reason, "closing connection");
@@ -572,6 +680,15 @@ impl Room {
                 start_compaction(&self.ctx, d);
             }
         }
+        if created {
+            self.ctx.emit(
+                &self.key,
+                EventKind::DocumentCreated,
+                None,
+                serde_json::json!({ "document": &**doc }),
+            );
+        }
+        written
     }
 
     /// Rebuilds a document from storage after yrs panicked inside it. Storage holds every
@@ -610,7 +727,7 @@ impl Room {
         let unused: Vec<Arc<str>> = self
             .docs
             .iter()
-            .filter(|(_, d)| d.session.connections() == 0)
+            .filter(|(_, d)| d.session.connections() == 0 && !d.authored)
             .map(|(k, _)| k.clone())
             .collect();
         for name in unused {
@@ -629,7 +746,7 @@ impl Room {
         }
         let store = self.ctx.store.clone();
         match tokio::task::spawn_blocking(move || store.flush()).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(durable)) => self.ctx.durable_to(durable),
             Ok(Err(e)) => tracing::error!(room = %self.name, error = %e, "flush failed"),
             Err(e) => tracing::error!(room = %self.name, error = %e, "flush task failed"),
         }
