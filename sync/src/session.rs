@@ -463,6 +463,42 @@ impl YjsDocSession {
         Ok(())
     }
 
+    /// Applies an update that arrived outside any connection (the REST API): validated and
+    /// limited as a connection's, and if it changes the document, appended and sent to every
+    /// connection. Returns whether it changed anything.
+    pub fn apply_external(
+        &mut self,
+        update: &[u8],
+        out: &mut Vec<Output>,
+    ) -> Result<bool, (CloseCode, String)> {
+        if self.authored {
+            return Err((
+                CloseCode::Forbidden,
+                "only the server writes this document".into(),
+            ));
+        }
+        let applied = self.apply(update)?;
+        if !applied.changed {
+            return Ok(false);
+        }
+        out.push(Output::Append {
+            update: Bytes::copy_from_slice(update),
+        });
+        let frame = frame_of(Message::Sync(SyncMessage::Update(update)));
+        for c in &self.conns {
+            out.push(Output::Send {
+                conn: c.id,
+                frame: frame.clone(),
+            });
+        }
+        Ok(true)
+    }
+
+    /// The connections open on the document.
+    pub fn conn_ids(&self) -> Vec<ConnId> {
+        self.conns.iter().map(|c| c.id).collect()
+    }
+
     /// Sends an edit the server made itself (already applied to the document, see
     /// [`YDoc::author_map`]) to every connection, and appends it to the log.
     pub fn publish(&mut self, update: Vec<u8>, out: &mut Vec<Output>) {
