@@ -127,11 +127,18 @@ impl Server {
             .await
             .with_context(|| format!("binding {}", ctx.config.listen))?;
         let local_addr = listener.local_addr()?;
+        // Bound before the server is said to run, so that an admin command sent as soon as it
+        // does reaches it.
+        #[cfg(unix)]
+        let control = bind_control(&ctx.config.data_dir)?;
         let app = Arc::new(App {
             rooms: registry::Rooms::new(ctx.clone()),
             ctx: ctx.clone(),
             next_conn: AtomicU64::new(1),
         });
+        #[cfg(unix)]
+        let task = tokio::spawn(serve(listener, control, app));
+        #[cfg(not(unix))]
         let task = tokio::spawn(serve(listener, app));
         tracing::info!(
             addr = %local_addr,
@@ -257,13 +264,16 @@ fn bind_control(data_dir: &std::path::Path) -> anyhow::Result<tokio::net::UnixLi
     Ok(listener)
 }
 
-async fn serve(listener: tokio::net::TcpListener, app: Arc<App>) -> anyhow::Result<()> {
+async fn serve(
+    listener: tokio::net::TcpListener,
+    #[cfg(unix)] control: tokio::net::UnixListener,
+    app: Arc<App>,
+) -> anyhow::Result<()> {
     let ctx = app.ctx.clone();
     let flusher = tokio::spawn(flush_loop(ctx.clone()));
     let router = http::router(app.clone());
     #[cfg(unix)]
     let control = {
-        let control = bind_control(&ctx.config.data_dir)?;
         tokio::spawn(listener::serve_unix(
             control,
             http::control_router(app),

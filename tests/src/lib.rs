@@ -98,6 +98,266 @@ impl TestServer {
     pub async fn get(&self, path: &str) -> (u16, String) {
         http_get(self.addr(), path).await
     }
+
+    /// Sends an HTTP request with optional bearer token and body; returns (status, body).
+    pub async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: &[u8],
+    ) -> (u16, Vec<u8>) {
+        http_request(self.addr(), method, path, bearer, &[], body).await
+    }
+
+    /// Like [`TestServer::http`], with the body read as JSON (`null` when it is not).
+    pub async fn json(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let (status, answer) = self.http(method, path, bearer, body.as_bytes()).await;
+        (
+            status,
+            serde_json::from_slice(&answer).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// An admin request through the server's control socket, as the `roomd` command sends it.
+    pub async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> serde_json::Value {
+        let answer = roomd::control::request(&self.config, method, path, body)
+            .await
+            .unwrap();
+        assert!(
+            (200..300).contains(&answer.status),
+            "{method} {path}: {} {}",
+            answer.status,
+            answer.body
+        );
+        answer.body
+    }
+
+    /// Creates a project; returns its id.
+    pub async fn create_project(&self, name: &str) -> String {
+        let p = self
+            .admin(
+                "POST",
+                "/v1/projects",
+                Some(serde_json::json!({ "name": name })),
+            )
+            .await;
+        p["id"].as_str().unwrap().to_string()
+    }
+
+    /// Creates an API key for a project (id or name); returns it whole (`ma-…`). Once a key
+    /// exists the server requires tokens.
+    pub async fn create_key(&self, project: &str) -> String {
+        let k = self
+            .admin("POST", &format!("/v1/projects/{project}/keys"), None)
+            .await;
+        k["key"].as_str().unwrap().to_string()
+    }
+}
+
+/// Waits until `cond` holds, polling it (for gauges and counters that no event announces);
+/// fails after [`WAIT`].
+pub async fn eventually(mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached in time"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await; // polling a gauge
+    }
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    /// Its `id:`.
+    pub id: Option<String>,
+    /// Its `event:`.
+    pub event: Option<String>,
+    /// Its `data:`.
+    pub data: String,
+}
+
+/// A client of a Server-Sent Events stream, over a bare HTTP/1.1 connection.
+#[derive(Debug)]
+pub struct SseClient {
+    tcp: TcpStream,
+    /// Bytes of the body read, chunk framing removed, not yet parsed.
+    text: String,
+    /// Raw bytes not yet de-chunked.
+    raw: Vec<u8>,
+}
+
+impl SseClient {
+    /// Opens `path` with a bearer token and, to resume, a `Last-Event-ID`; fails unless the
+    /// answer is 200.
+    pub async fn open(
+        addr: std::net::SocketAddr,
+        path: &str,
+        bearer: &str,
+        last_event_id: Option<u64>,
+    ) -> SseClient {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let mut req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\nAuthorization: Bearer {bearer}\r\n"
+        );
+        if let Some(id) = last_event_id {
+            req.push_str(&format!("Last-Event-ID: {id}\r\n"));
+        }
+        req.push_str("\r\n");
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            assert!(head.len() < 8192, "the answer's head never ended");
+            head.push(
+                tokio::time::timeout(WAIT, tcp.read_u8())
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(
+            head.starts_with("HTTP/1.1 200"),
+            "the stream was refused: {head}"
+        );
+        SseClient {
+            tcp,
+            text: String::new(),
+            raw: Vec::new(),
+        }
+    }
+
+    /// The next event (keep-alive comments are skipped); fails after [`WAIT`].
+    pub async fn next_event(&mut self) -> SseEvent {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(end) = self.text.find("\n\n") {
+                let block: String = self.text.drain(..end + 2).collect();
+                let mut event = SseEvent {
+                    id: None,
+                    event: None,
+                    data: String::new(),
+                };
+                let mut any = false;
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        event.id = Some(v.trim().to_string());
+                        any = true;
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event.event = Some(v.trim().to_string());
+                        any = true;
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        event.data.push_str(v.trim_start());
+                        any = true;
+                    }
+                }
+                if any {
+                    return event;
+                }
+                continue;
+            }
+            // De-chunk what has arrived.
+            while let Some(eol) = self.raw.windows(2).position(|w| w == b"\r\n") {
+                let size =
+                    usize::from_str_radix(String::from_utf8_lossy(&self.raw[..eol]).trim(), 16)
+                        .expect("a chunk size");
+                if self.raw.len() < eol + 2 + size + 2 {
+                    break;
+                }
+                let chunk = self.raw[eol + 2..eol + 2 + size].to_vec();
+                self.raw.drain(..eol + 2 + size + 2);
+                self.text.push_str(&String::from_utf8_lossy(&chunk));
+            }
+            if self.text.contains("\n\n") {
+                continue;
+            }
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout(WAIT, self.tcp.read(&mut buf))
+                .await
+                .expect("no event in time")
+                .unwrap();
+            assert!(n > 0, "the stream ended");
+            self.raw.extend_from_slice(&buf[..n]);
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 request: method, path, optional bearer token, extra headers, body.
+/// Returns the status and the body (chunked bodies are decoded).
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(token) = bearer {
+        req.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .expect("no answer in time")
+        .unwrap();
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an answer with a head");
+    let head = String::from_utf8_lossy(&buf[..split]).to_string();
+    let mut rest = buf[split + 4..].to_vec();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while let Some(eol) = rest[at..].windows(2).position(|w| w == b"\r\n") {
+            let size =
+                usize::from_str_radix(String::from_utf8_lossy(&rest[at..at + eol]).trim(), 16)
+                    .unwrap_or(0);
+            if size == 0 {
+                break;
+            }
+            let start = at + eol + 2;
+            out.extend_from_slice(&rest[start..start + size]);
+            at = start + size + 2;
+        }
+        rest = out;
+    }
+    (status, rest)
 }
 
 /// A minimal HTTP/1.1 GET, enough for health and metrics endpoints.
@@ -123,12 +383,31 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Opens a raw WebSocket to `url` (with Nagle's algorithm off, as browsers have it).
 pub async fn connect(url: &str) -> Ws {
-    let connecting = tokio_tungstenite::connect_async_with_config(url, None, true);
-    let (ws, _) = tokio::time::timeout(WAIT, connecting)
+    connect_with_headers(url, &[]).await.0
+}
+
+/// Opens a raw WebSocket to `url` with extra request headers (`Authorization`,
+/// `Sec-WebSocket-Protocol`); returns it with the server's answer to the upgrade.
+pub async fn connect_with_headers(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (
+    Ws,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    let connecting = tokio_tungstenite::connect_async_with_config(request, None, true);
+    tokio::time::timeout(WAIT, connecting)
         .await
         .expect("connect timed out")
-        .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
-    ws
+        .unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
 }
 
 /// Opens a WebSocket to `path` on `addr` over a bare TCP stream, for tests that write frames
@@ -233,6 +512,8 @@ pub struct YClient {
     ws: Ws,
     /// Awareness updates received, raw.
     pub awareness: Vec<Vec<u8>>,
+    /// Reasons of the permission-denied messages received.
+    pub denied: Vec<String>,
 }
 
 impl std::fmt::Debug for YClient {
@@ -250,11 +531,28 @@ impl YClient {
 
     /// Connects with an existing replica (a reconnect after offline edits).
     pub async fn connect_with(url: &str, doc: Doc) -> YClient {
-        let ws = connect(url).await;
+        YClient::connect_as(url, &[], doc).await
+    }
+
+    /// Connects with extra request headers (a token), with a fresh document.
+    pub async fn connect_authorized(url: &str, token: &str, client_id: u32) -> YClient {
+        let bearer = format!("Bearer {token}");
+        YClient::connect_as(
+            url,
+            &[("authorization", &bearer)],
+            Doc::with_client_id(u64::from(client_id)),
+        )
+        .await
+    }
+
+    /// Connects with extra request headers and an existing replica.
+    pub async fn connect_as(url: &str, headers: &[(&str, &str)], doc: Doc) -> YClient {
+        let (ws, _) = connect_with_headers(url, headers).await;
         let mut c = YClient {
             doc,
             ws,
             awareness: Vec::new(),
+            denied: Vec::new(),
         };
         let sv = c.doc.transact().state_vector().encode_v1();
         c.send(YMessage::Sync(SyncMessage::Step1(&sv))).await;
@@ -315,6 +613,7 @@ impl YClient {
                     self.doc.transact_mut().apply_update(u).unwrap();
                 }
                 YMessage::Awareness(a) => self.awareness.push(a.to_vec()),
+                YMessage::AuthDenied(reason) => self.denied.push(reason.to_string()),
                 _ => {}
             }
         }
@@ -330,6 +629,12 @@ impl YClient {
         };
         self.send(YMessage::Sync(SyncMessage::Update(&update)))
             .await;
+    }
+
+    /// Processes frames until a permission-denied message arrives; returns its reason.
+    pub async fn until_permission_denied(&mut self) -> String {
+        self.until(|c| !c.denied.is_empty()).await;
+        self.denied[0].clone()
     }
 
     /// The content of text `name`.

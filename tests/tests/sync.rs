@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use roomd_sync::{awareness, Message, SyncMessage};
-use roomd_tests::{http_get, TestServer, YClient};
+use roomd_tests::{eventually, http_get, TestServer, YClient};
 
 #[tokio::test]
 async fn health_and_readiness_answer() {
@@ -159,17 +159,6 @@ async fn the_server_speaks_first_with_step1_in_its_own_frame() {
 }
 
 /// Polls `cond` until it holds, failing after the common wait.
-async fn eventually(mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + roomd_tests::WAIT;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not reached in time"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await; // polling a gauge
-    }
-}
-
 #[tokio::test]
 async fn an_idle_room_unloads_with_everything_flushed_and_loads_again() {
     let server = TestServer::start_with(|c| {

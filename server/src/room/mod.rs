@@ -641,7 +641,8 @@ impl Room {
                             d.log_bytes += update.len();
                             compact |= d.log_bytes >= self.ctx.config.compact_log_bytes;
                             written = Some(write);
-                            created |= std::mem::take(&mut d.new);
+                            // Only documents clients write are announced as created.
+                            created |= std::mem::take(&mut d.new) && !d.authored;
                         }
                         Err(e) => {
                             self.ctx.metrics.storage_errors_total.inc();
