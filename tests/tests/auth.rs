@@ -184,7 +184,9 @@ async fn the_token_matrix() {
         }),
         ..ApiScope::default()
     };
-    let cases: Vec<(&str, &str, &str, Option<String>, Via, Option<u16>)> = vec![
+    // What, room, document, token, how it is presented, the close code expected (none: admitted).
+    type Case<'a> = (&'a str, &'a str, &'a str, Option<String>, Via, Option<u16>);
+    let cases: Vec<Case<'_>> = vec![
         (
             "valid, as a bearer",
             ROOM,
