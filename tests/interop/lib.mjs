@@ -81,13 +81,15 @@ export function args (count, usage) {
  * `version` 3 is the `y-websocket` package, 2 the `y-websocket-v2` alias. Does not wait.
  * @param {string} base e.g. ws://127.0.0.1:PORT/v1/rooms/ROOM/yjs
  * @param {string} docName the provider's room name: the document name, which may contain `/`
- * @param {{ version?: 2 | 3, doc?: Y.Doc, name?: string }} [opts]
+ * `options` go to the provider as they are (`params`, `protocols`, …).
+ * @param {{ version?: 2 | 3, doc?: Y.Doc, name?: string, options?: object }} [opts]
  */
-export function open (base, docName, { version = 3, doc = new Y.Doc(), name } = {}) {
+export function open (base, docName, { version = 3, doc = new Y.Doc(), name, options = {} } = {}) {
   const Provider = version === 2 ? ProviderV2 : ProviderV3
   const provider = new Provider(base, docName, doc, {
     WebSocketPolyfill: WebSocket,
-    disableBc: true
+    disableBc: true,
+    ...options
   })
   const client = {
     name: name ?? `${docName}#${clients.length}(v${version})`,

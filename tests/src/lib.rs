@@ -748,3 +748,33 @@ pub fn roomd_bin() -> PathBuf {
     }
     panic!("the roomd binary is missing: run `cargo build -p roomd` first (scripts/test does it)");
 }
+
+/// Runs `tests/python/<script> <args...>` with the virtual environment's Python (the MeshAgent
+/// SDK, pinned; `scripts/test` creates it) and returns its standard output; panics with its
+/// output if it fails.
+pub async fn run_python(script: &str, args: &[&str]) -> String {
+    let dir = repo_root().join("tests/python");
+    let python = dir.join(".venv/bin/python");
+    assert!(
+        python.is_file(),
+        "the Python environment is missing: run scripts/test, which creates {} from tests/python/requirements.txt",
+        python.display()
+    );
+    let mut cmd = tokio::process::Command::new(&python);
+    cmd.current_dir(&dir)
+        .arg(script)
+        .args(args)
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("python {script} timed out after 60 s"))
+        .unwrap_or_else(|e| panic!("could not run {}: {e}", python.display()));
+    assert!(
+        out.status.success(),
+        "python {script} failed ({})\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}

@@ -635,3 +635,33 @@ async fn failed_attempts_are_limited_per_address_but_a_valid_token_still_connect
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_minted_by_the_meshagent_python_sdk_is_accepted_as_it_is() {
+    let server = TestServer::start().await;
+    let key = server.create_key("default").await;
+    let token = roomd_tests::run_python("mint_token.py", &[&key, ROOM, "sdk-agent"]).await;
+    let token = token.trim();
+    let url = server.doc_url(ROOM, "doc");
+    let mut c = YClient::connect_authorized(&url, token, 1).await;
+    c.insert("t", 0, "from an SDK token").await;
+    c.round_trip().await;
+    let (status, body) = server
+        .json(
+            "GET",
+            &format!("/v1/rooms/{ROOM}/participants"),
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let p = &body["participants"][0];
+    assert_eq!(p["name"], "sdk-agent");
+    assert_eq!(p["role"], "agent");
+    // The SDK's token is for this room only.
+    assert_eq!(
+        attempt(&server, "elsewhere", "doc", Some(token), Via::Bearer).await,
+        Some(CloseCode::Forbidden.code())
+    );
+    server.stop().await;
+}

@@ -177,3 +177,149 @@ async fn sigterm_closes_sockets_with_going_away_flushes_and_exits_zero() {
     assert_eq!(c.text("t"), "kept");
     child.kill().await.unwrap();
 }
+
+/// `roomd ARGS…` on `data_dir`; returns its standard output, failing if it fails.
+fn roomd_command(data_dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(roomd_bin())
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "roomd {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The one line a command printed.
+fn one_line(out: &str) -> &str {
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1, "expected exactly one line, got {out:?}");
+    lines[0]
+}
+
+fn participant_token(key: &str, room: &str) -> String {
+    let out = std::process::Command::new(roomd_bin())
+        .args([
+            "token", "--key", key, "--room", room, "--name", "cli", "--ttl", "10m",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    one_line(&String::from_utf8(out.stdout).unwrap()).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_commands_work_on_a_stopped_and_on_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Stopped: straight on the store.
+    let project = roomd_command(&data, &["project", "create", "acme"]);
+    let project = one_line(&project).to_string();
+    assert_eq!(project.len(), 36, "a UUID: {project}");
+    let first = roomd_command(&data, &["key", "create", "--project", "acme"]);
+    let first = one_line(&first).to_string();
+    assert!(first.starts_with("ma-"));
+    // Running: through its control socket (the store is locked by the server).
+    let port = free_port();
+    let mut child = spawn(&data, port).await;
+    let second = roomd_command(&data, &["key", "create", "--project", &project]);
+    let second = one_line(&second).to_string();
+    assert_ne!(first, second);
+    let listed = roomd_command(&data, &["key", "list"]);
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    assert!(
+        !listed.contains(first.rsplit('-').next().unwrap()),
+        "a secret listed"
+    );
+    let url = format!("ws://127.0.0.1:{port}/v1/rooms/r/yjs/doc");
+    let first_token = participant_token(&first, "r");
+    let mut c = YClient::connect_authorized(&url, &first_token, 1).await;
+    c.insert("t", 0, "hi").await;
+    // Revoking the first key, live: its token no longer connects, the second key's does.
+    let first_id = listed.lines().next().unwrap().split('\t').next().unwrap();
+    roomd_command(&data, &["key", "revoke", first_id]);
+    let (mut refused, _) = roomd_tests::connect_with_headers(
+        &url,
+        &[("authorization", &format!("Bearer {first_token}"))],
+    )
+    .await;
+    let (code, _) = roomd_tests::expect_close(&mut refused).await;
+    assert_eq!(code, roomd_sync::CloseCode::Unauthorized.code());
+    let d = YClient::connect_authorized(&url, &participant_token(&second, "r"), 2).await;
+    assert_eq!(d.text("t"), "hi");
+    child.kill().await.unwrap();
+    // Stopped again: the revocation is on the store.
+    let listed = roomd_command(&data, &["key", "list"]);
+    assert!(
+        listed.lines().next().unwrap().ends_with("revoked"),
+        "{listed}"
+    );
+    let projects = roomd_command(&data, &["project", "list"]);
+    assert!(projects.contains("acme") && projects.contains("default"));
+}
+
+#[tokio::test]
+async fn auth_required_refuses_to_start_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(roomd_bin())
+        .args([
+            "serve",
+            "--auth",
+            "required",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--auth required"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_update_reaches_an_editor_live_and_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let mut child = spawn(&data, port).await;
+    let url = format!("ws://127.0.0.1:{port}/v1/rooms/rest/yjs/doc");
+    let mut editor = YClient::connect(&url, 1).await;
+    let update = {
+        use yrs::{Text, Transact};
+        let doc = yrs::Doc::with_client_id(77);
+        let t = doc.get_or_insert_text("t");
+        let mut txn = doc.transact_mut();
+        t.insert(&mut txn, 0, "durable before answered");
+        txn.encode_update_v1()
+    };
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let (status, _) = roomd_tests::http_request(
+        addr,
+        "POST",
+        "/v1/rooms/rest/docs/doc/update",
+        None,
+        &[],
+        &update,
+    )
+    .await;
+    assert_eq!(status, 200);
+    // Killed the moment the answer came: the answer came after the flush.
+    child.kill().await.unwrap();
+    editor.until_text("t", "durable before answered").await;
+    let port = free_port();
+    let mut child = spawn(&data, port).await;
+    let c = YClient::connect(&format!("ws://127.0.0.1:{port}/v1/rooms/rest/yjs/doc"), 2).await;
+    assert_eq!(c.text("t"), "durable before answered");
+    child.kill().await.unwrap();
+}

@@ -89,3 +89,65 @@ async fn seeded_rich_text_runs_with_offline_periods_and_undo_converge() {
     run_node("rich-seeds.mjs", &[&server.yjs_base("room-x"), "0", "400"]).await;
     server.stop().await;
 }
+
+fn stock_token(
+    key: &roomd_room_apis::ApiKey,
+    name: &str,
+    api: roomd_room_apis::ApiScope,
+) -> String {
+    let request = roomd::auth::TokenRequest {
+        room: "room-x".into(),
+        name: name.into(),
+        role: roomd_room_apis::Role::User,
+        api,
+        ttl: Some(std::time::Duration::from_secs(600)),
+    };
+    roomd::auth::mint_token(key, &request).unwrap().0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_providers_with_tokens_sync_and_a_refused_one_stops() {
+    use roomd_room_apis::{ApiKey, ApiScope, SyncGrant, SyncPathGrant};
+    let server = TestServer::start().await;
+    let key = ApiKey::parse(&server.create_key("default").await).unwrap();
+    let read_only = ApiScope {
+        sync: Some(SyncGrant {
+            paths: Some(vec![SyncPathGrant::new("notes/*", true)]),
+        }),
+        ..ApiScope::default()
+    };
+    let mut refused_claims = roomd_room_apis::Claims::new("mallory");
+    refused_claims.grants = vec![roomd_room_apis::Grant::Room("room-x".into())];
+    refused_claims.project = Some(key.project);
+    refused_claims.key = Some(key.id);
+    refused_claims.exp = Some(1);
+    let expired = roomd_room_apis::mint(&refused_claims, &key.secret).unwrap();
+    run_node(
+        "auth.mjs",
+        &[
+            &server.yjs_base("room-x"),
+            &stock_token(&key, "alice", ApiScope::full()),
+            &stock_token(&key, "bob", ApiScope::full()),
+            &expired,
+            &stock_token(&key, "reader", read_only),
+        ],
+    )
+    .await;
+    // Stock providers re-broadcast each other's awareness: none of that is spoofing.
+    assert_eq!(server.metrics().awareness_spoofed_total.get(), 0);
+    assert!(server.metrics().updates_refused_total.get() >= 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stock_provider_closed_as_a_slow_reader_reconnects_and_resyncs() {
+    let server = TestServer::start_with(|c| {
+        c.limits.message_bytes_max = 1 << 20;
+        c.limits.outbox_bytes_max = 1 << 20;
+        c.limits.outbox_messages_max = 8;
+    })
+    .await;
+    let metrics = format!("http://{}/metrics", server.addr());
+    run_node("slow-reader.mjs", &[&server.yjs_base("room-x"), &metrics]).await;
+    server.stop().await;
+}
