@@ -340,12 +340,15 @@ impl Store {
         v.extend_from_slice(&covered_seq.to_be_bytes());
         v.extend_from_slice(snapshot);
         self.snapshots.insert(&key.0[..], v)?;
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(key.log_key(0)..=key.log_key(covered_seq)) {
-            let (k, _) = item?;
-            batch.remove(k);
+        // One by one, not in a batch: removals need no atomicity (loading ignores the entries a
+        // snapshot covers), and sled serialises a batch against every operation of the process.
+        for item in self
+            .log
+            .range(key.log_key(0)..=key.log_key(covered_seq))
+            .keys()
+        {
+            self.log.remove(item?)?;
         }
-        self.log.apply_batch(batch)?;
         self.wrote();
         Ok(())
     }
@@ -353,15 +356,13 @@ impl Store {
     /// Removes a document: its snapshot and its log.
     pub fn delete_doc(&self, key: &DocKey) -> Result<WriteSeq, StoreError> {
         self.snapshots.remove(&key.0[..])?;
-        let mut batch = sled::Batch::default();
         for item in self.log.scan_prefix(&key.0[..]).keys() {
             let k = item?;
             // Only this document's entries: a key continuing with 8 bytes of sequence.
             if k.len() == key.0.len() + 8 {
-                batch.remove(k);
+                self.log.remove(k)?;
             }
         }
-        self.log.apply_batch(batch)?;
         Ok(self.wrote())
     }
 
@@ -387,11 +388,9 @@ impl Store {
     /// Removes everything stored for `room`: documents, sessions, events and its record.
     pub fn delete_room(&self, room: &RoomKey) -> Result<WriteSeq, StoreError> {
         for tree in [&self.snapshots, &self.log, &self.sessions, &self.events] {
-            let mut batch = sled::Batch::default();
             for k in tree.scan_prefix(room.bytes()).keys() {
-                batch.remove(k?);
+                tree.remove(k?)?;
             }
-            tree.apply_batch(batch)?;
         }
         self.rooms.remove(room.bytes())?;
         Ok(self.wrote())

@@ -308,7 +308,6 @@ impl Store {
         keep_from: u64,
         older_than_ms: u64,
     ) -> Result<u64, StoreError> {
-        let mut batch = sled::Batch::default();
         let mut removed = 0;
         for item in self.events.scan_prefix(room.bytes()) {
             let (k, v) = item?;
@@ -316,11 +315,10 @@ impl Store {
             if e.id >= keep_from && e.time_ms >= older_than_ms {
                 break;
             }
-            batch.remove(k);
+            self.events.remove(k)?;
             removed += 1;
         }
         if removed > 0 {
-            self.events.apply_batch(batch)?;
             self.wrote();
         }
         Ok(removed)
