@@ -54,13 +54,28 @@ pub struct Participant {
     pub since_ms: u64,
 }
 
+/// Connections listed for one participant in `.room/participants`, at most: each change of a
+/// participant rewrites its entry, so the entry stays small however many connections it has.
+pub const SHOWN_CONNECTIONS_MAX: usize = 32;
+
 impl Participant {
-    /// The participant as the room shows it (`.room/participants` and REST): name, role,
-    /// attributes, connections and since.
+    /// The participant as REST shows it: name, role, attributes, every connection, and since.
     pub fn to_json(&self) -> serde_json::Value {
+        self.json(usize::MAX)
+    }
+
+    /// The participant as `.room/participants` shows it: as [`Participant::to_json`], with its
+    /// first [`SHOWN_CONNECTIONS_MAX`] connections, and `connections_omitted` counting the rest
+    /// when there are more.
+    pub fn to_shown_json(&self) -> serde_json::Value {
+        self.json(SHOWN_CONNECTIONS_MAX)
+    }
+
+    fn json(&self, connections_max: usize) -> serde_json::Value {
         let connections: Vec<serde_json::Value> = self
             .connections
             .iter()
+            .take(connections_max)
             .map(|(id, c)| {
                 serde_json::json!({
                     "id": id.to_string(),
@@ -69,14 +84,19 @@ impl Participant {
                 })
             })
             .collect();
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "id": self.id,
             "name": self.name,
             "role": self.role.as_str(),
             "attributes": self.attributes,
             "connections": connections,
             "since": rfc3339(self.since_ms),
-        })
+        });
+        let omitted = self.connections.len().saturating_sub(connections_max);
+        if omitted > 0 {
+            json["connections_omitted"] = serde_json::Value::from(omitted);
+        }
+        json
     }
 }
 
@@ -86,13 +106,15 @@ pub fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// What a connection or disconnection did to the table.
+/// What a connection or disconnection did to the table. The participant concerned is read with
+/// [`Participants::of_conn`] (or comes with [`Change::Left`]): nothing is copied for a change,
+/// however many connections a participant has.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     /// A new participant joined with this connection.
-    Joined(Participant),
-    /// An existing participant's connections changed.
-    Updated(Participant),
+    Joined,
+    /// An existing participant's connections changed; its id.
+    Updated(String),
     /// The participant's last connection closed: it left.
     Left(Participant),
 }
@@ -102,6 +124,7 @@ pub enum Change {
 pub struct Participants {
     by_key: HashMap<ParticipantKey, Participant>,
     by_conn: HashMap<u64, ParticipantKey>,
+    by_id: HashMap<String, ParticipantKey>,
     next_number: u64,
 }
 
@@ -137,7 +160,7 @@ impl Participants {
         if let Some(p) = self.by_key.get_mut(&who.key) {
             p.connections.insert(conn, connection);
             p.attributes = who.attributes.clone();
-            return Change::Updated(p.clone());
+            return Change::Updated(p.id.clone());
         }
         let number = match who.key {
             ParticipantKey::Anonymous(_) => 0,
@@ -155,8 +178,9 @@ impl Participants {
             connections: BTreeMap::from([(conn, connection)]),
             since_ms: now_ms,
         };
-        self.by_key.insert(who.key.clone(), p.clone());
-        Change::Joined(p)
+        self.by_id.insert(p.id.clone(), who.key.clone());
+        self.by_key.insert(who.key.clone(), p);
+        Change::Joined
     }
 
     /// Removes connection `conn`; its participant leaves with its last connection.
@@ -165,9 +189,16 @@ impl Participants {
         let p = self.by_key.get_mut(&key)?;
         p.connections.remove(&conn);
         if !p.connections.is_empty() {
-            return Some(Change::Updated(p.clone()));
+            return Some(Change::Updated(p.id.clone()));
         }
-        self.by_key.remove(&key).map(Change::Left)
+        let p = self.by_key.remove(&key)?;
+        self.by_id.remove(&p.id);
+        Some(Change::Left(p))
+    }
+
+    /// The participant with id `id`.
+    pub fn get(&self, id: &str) -> Option<&Participant> {
+        self.by_key.get(self.by_id.get(id)?)
     }
 
     /// The participant connection `conn` belongs to.
@@ -217,16 +248,27 @@ mod tests {
             ids += 1;
             format!("p{ids}")
         };
-        let Change::Joined(alice) = t.connect(&named("alice"), 1, "a.doc", 10, &mut next) else {
-            panic!("alice did not join")
-        };
+        assert_eq!(
+            t.connect(&named("alice"), 1, "a.doc", 10, &mut next),
+            Change::Joined
+        );
+        let alice = t
+            .of_conn(1)
+            .cloned()
+            .unwrap_or_else(|| panic!("alice is not there"));
         assert!(matches!(
             t.connect(&named("alice"), 2, "b.doc", 11, &mut next),
-            Change::Updated(p) if p.id == alice.id && p.connections.len() == 2
+            Change::Updated(id) if id == alice.id
         ));
-        let Change::Joined(bob) = t.connect(&named("bob"), 3, "a.doc", 12, &mut next) else {
-            panic!("bob did not join")
-        };
+        assert_eq!(t.of_conn(2).map(|p| p.connections.len()), Some(2));
+        assert_eq!(
+            t.connect(&named("bob"), 3, "a.doc", 12, &mut next),
+            Change::Joined
+        );
+        let bob = t
+            .of_conn(3)
+            .cloned()
+            .unwrap_or_else(|| panic!("bob is not there"));
         assert_ne!(alice.number, bob.number);
         assert_eq!(t.of_conn(2).map(|p| p.id.as_str()), Some(alice.id.as_str()));
         assert!(matches!(t.disconnect(1), Some(Change::Updated(_))));
@@ -238,17 +280,33 @@ mod tests {
         assert_eq!(json["role"], "user");
         assert_eq!(json["connections"][0]["document"], "a.doc");
         assert_eq!(json["since"], "1970-01-01T00:00:00.012Z");
+        // However many connections a participant has, its shown entry stays bounded.
+        for c in 100..200 {
+            t.connect(&named("bob"), c, "many", 14, &mut next);
+        }
+        let bob = t
+            .of_conn(150)
+            .map(Participant::to_shown_json)
+            .unwrap_or_default();
+        assert_eq!(
+            bob["connections"].as_array().map(Vec::len),
+            Some(SHOWN_CONNECTIONS_MAX)
+        );
+        assert_eq!(bob["connections_omitted"], 101 - SHOWN_CONNECTIONS_MAX);
+        assert!(t.of_conn(150).map(Participant::to_json).unwrap_or_default()
+            ["connections_omitted"]
+            .is_null());
         // Anonymous connections are participants of their own, all numbered 0.
         let anon = |c| Identity {
             key: ParticipantKey::Anonymous(c),
             ..named("anonymous")
         };
-        let Change::Joined(a) = t.connect(&anon(8), 8, "x", 13, &mut next) else {
-            panic!()
-        };
-        let Change::Joined(b) = t.connect(&anon(9), 9, "x", 13, &mut next) else {
-            panic!()
-        };
+        assert_eq!(t.connect(&anon(8), 8, "x", 13, &mut next), Change::Joined);
+        assert_eq!(t.connect(&anon(9), 9, "x", 13, &mut next), Change::Joined);
+        let (a, b) = (
+            t.of_conn(8).cloned().unwrap_or_else(|| panic!()),
+            t.of_conn(9).cloned().unwrap_or_else(|| panic!()),
+        );
         assert_ne!(a.id, b.id);
         assert_eq!((a.number, b.number), (0, 0));
     }

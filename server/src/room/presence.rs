@@ -149,13 +149,13 @@ impl Room {
         self.carry_out(&doc, out);
     }
 
-    /// Shows participant `p` in `.room/participants` (or removes it, when `None` with its id).
-    fn publish_participant(&mut self, id: &str, p: Option<&Participant>) {
+    /// Shows participant `id` in `.room/participants` as `shown` (or removes it, when `None`).
+    fn publish_participant(&mut self, id: &str, shown: Option<serde_json::Value>) {
         let doc: Arc<str> = PARTICIPANTS_DOC.into();
         let Some(d) = self.docs.get_mut(&doc) else {
             return;
         };
-        let value = p.map(Participant::to_json);
+        let value = shown;
         let Some(update) = d
             .session
             .doc_mut()
@@ -179,26 +179,27 @@ impl Room {
             },
             ParticipantKey::Named { .. } => joining.who.clone(),
         };
-        let change = self
-            .participants
+        self.participants
             .connect(&who, conn.0, &joining.doc, now_ms(), || {
                 uuid::Uuid::new_v4().to_string()
             });
-        match change {
-            Change::Joined(p) | Change::Updated(p) | Change::Left(p) => p.number,
-        }
+        self.participants.of_conn(conn.0).map_or(0, |p| p.number)
     }
 
     /// The connection joined its document: its participant is shown, and, if it is new,
     /// announced and recorded in the session.
     pub(super) fn participant_joined(&mut self, conn: ConnId) {
+        let Some(p) = self.participants.of_conn(conn.0) else {
+            return;
+        };
+        let (id, shown, first) = (p.id.clone(), p.to_shown_json(), p.connections.len() == 1);
+        self.publish_participant(&id, Some(shown));
+        if !first {
+            return;
+        }
         let Some(p) = self.participants.of_conn(conn.0).cloned() else {
             return;
         };
-        self.publish_participant(&p.id, Some(&p));
-        if p.connections.len() > 1 {
-            return;
-        }
         self.ctx.metrics.participants.inc();
         self.ctx.emit(
             &self.key,
@@ -256,7 +257,10 @@ impl Room {
             }
         }
         match self.participants.disconnect(conn.0) {
-            Some(Change::Updated(p)) => self.publish_participant(&p.id, Some(&p)),
+            Some(Change::Updated(id)) => {
+                let shown = self.participants.get(&id).map(Participant::to_shown_json);
+                self.publish_participant(&id, shown);
+            }
             Some(Change::Left(p)) => {
                 self.publish_participant(&p.id, None);
                 self.ctx.metrics.participants.dec();
