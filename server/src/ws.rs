@@ -132,6 +132,10 @@ pub fn serve_socket(
 /// Completes the upgrade of a refused connection, then closes it at once with `code`, before any
 /// document data: a stock y-websocket provider stops reconnecting on a 44xx close and tells the
 /// application why, where an HTTP refusal would leave it retrying for ever.
+///
+/// Refused sockets count against the process's connection limit while they close; past it, and
+/// for at most [`REFUSED_CLOSE_TIMEOUT`] otherwise, the server does not wait for the client's
+/// answering close: unauthenticated clients must not hold sockets for long.
 pub async fn refuse_socket(upgrade: OnUpgrade, app: Arc<App>, code: CloseCode, reason: String) {
     let Ok(upgraded) = upgrade.await else {
         return;
@@ -140,8 +144,20 @@ pub async fn refuse_socket(upgrade: OnUpgrade, app: Arc<App>, code: CloseCode, r
         TokioIo::new(upgraded),
         app.ctx.config.limits.message_bytes_max,
     );
-    close(&mut socket, &app, code, &reason).await;
+    let metrics = &app.ctx.metrics;
+    metrics.connections_open.inc();
+    let full = metrics.connections_open.get() > app.ctx.config.limits.connections_max as i64;
+    let timeout = if full {
+        Duration::ZERO
+    } else {
+        app.ctx.config.close_timeout.min(REFUSED_CLOSE_TIMEOUT)
+    };
+    close_within(&mut socket, &app, code, &reason, timeout).await;
+    metrics.connections_open.dec();
 }
+
+/// How long a refused connection's closing handshake may take, at most.
+const REFUSED_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What a connection that passed authentication is about to join.
 #[derive(Debug)]
@@ -366,8 +382,27 @@ fn read_error(e: RecvError) -> Exit {
 /// Sends a close frame and completes the closing handshake (except when shutting down), waiting
 /// at most the configured close timeout for a slow or silent peer.
 async fn close(socket: &mut WebSocket, app: &App, code: CloseCode, reason: &str) {
+    close_within(socket, app, code, reason, app.ctx.config.close_timeout).await;
+}
+
+/// [`close`], with the closing handshake bounded by `timeout` (zero: the close frame is sent,
+/// and nothing is waited for).
+async fn close_within(
+    socket: &mut WebSocket,
+    app: &App,
+    code: CloseCode,
+    reason: &str,
+    timeout: Duration,
+) {
     app.ctx.metrics.count_close(code);
-    let timeout: Duration = app.ctx.config.close_timeout;
+    if timeout.is_zero() {
+        let _ = tokio::time::timeout(
+            REFUSED_CLOSE_TIMEOUT,
+            socket.send_close(code.code(), reason),
+        )
+        .await;
+        return;
+    }
     let handshake = async {
         socket.send_close(code.code(), reason).await?;
         // The closing handshake: wait for the peer's close, discarding whatever it still
