@@ -282,7 +282,7 @@ mod tests {
     use super::*;
 
     fn log_in(dir: &std::path::Path, per_room_max: u64) -> (Store, EventLog) {
-        let store = Store::open(dir, 1 << 20).unwrap_or_else(|e| panic!("{e}"));
+        let store = crate::store::reopen(dir);
         let log = EventLog::new(
             store.clone(),
             EventLimits {

@@ -339,17 +339,20 @@ mod tests {
     use super::*;
     use roomd_room_apis::{Claims, Grant};
 
-    fn identity(dir: &std::path::Path) -> Identity {
-        let store = Store::open(&dir.join("data"), 1 << 20).unwrap_or_else(|e| panic!("{e}"));
-        let master = MasterKey::load_or_create(dir, None).unwrap_or_else(|e| panic!("{e}"));
-        Identity::load(store, master).unwrap_or_else(|e| panic!("{e}"))
+    fn master(dir: &std::path::Path) -> MasterKey {
+        MasterKey::load_or_create(dir, None).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Records are read back from the store by a fresh `Identity`; the store stays open (sled
+    /// releases its lock on a directory only once its background threads have stopped).
     #[test]
     fn keys_are_created_verified_revoked_and_come_back_after_a_reload() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store =
+            Store::open(&dir.path().join("data"), 1 << 20).unwrap_or_else(|e| panic!("{e}"));
+        let load = |master: MasterKey| Identity::load(store.clone(), master);
         let (project, key) = {
-            let id = identity(dir.path());
+            let id = load(master(dir.path())).unwrap_or_else(|e| panic!("{e}"));
             assert!(id.is_open());
             let p = id
                 .create_project("acme", false)
@@ -375,7 +378,7 @@ mod tests {
                     .any(|w| w == key.secret.as_bytes())
             });
         assert!(!stored, "the secret is stored in the clear");
-        let id = identity(dir.path());
+        let id = load(master(dir.path())).unwrap_or_else(|e| panic!("{e}"));
         let mut claims = Claims::new("alice");
         claims.grants.push(Grant::Room("r".into()));
         claims.project = Some(key.project);
@@ -392,15 +395,12 @@ mod tests {
         );
         assert!(!id.is_open(), "revoking every key does not open the server");
         assert!(id.keys(None)[0].revoked_ms.is_some());
+        let again = load(master(dir.path())).unwrap_or_else(|e| panic!("{e}"));
+        assert!(again.keys(None)[0].revoked_ms.is_some());
         // Another master key does not open the store's keys.
-        drop(id);
         let other = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let master =
-            MasterKey::load_or_create(other.path(), None).unwrap_or_else(|e| panic!("{e}"));
-        let store =
-            Store::open(&dir.path().join("data"), 1 << 20).unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(
-            Identity::load(store, master),
+            load(master(other.path())),
             Err(LoadError::WrongMasterKey(_))
         ));
     }

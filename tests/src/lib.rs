@@ -86,7 +86,21 @@ impl TestServer {
         self.server.take().unwrap().shutdown().await.unwrap();
         let mut config = self.config.clone();
         config.listen = "127.0.0.1:0".parse().unwrap();
-        self.server = Some(Server::start(config).await.unwrap());
+        // sled releases its lock on the directory once its background threads have stopped:
+        // poll for that, as a restarted process would find it released.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        self.server = Some(loop {
+            match Server::start(config.clone()).await {
+                Ok(server) => break server,
+                Err(e)
+                    if tokio::time::Instant::now() < deadline
+                        && format!("{e:#}").contains("lock") =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await; // polling sled's lock
+                }
+                Err(e) => panic!("restarting: {e:#}"),
+            }
+        });
     }
 
     /// Stops gracefully.

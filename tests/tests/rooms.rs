@@ -326,6 +326,15 @@ async fn documents_over_rest_are_the_documents_editors_hold() {
         )
         .await;
     assert_eq!(status, 404);
+    let (status, _) = server
+        .json(
+            "DELETE",
+            &format!("/v1/rooms/{ROOM}/docs/never"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
     server.stop().await;
 }
 

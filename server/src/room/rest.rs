@@ -243,12 +243,11 @@ impl Room {
         doc: &Arc<str>,
         who: &EventParticipant,
     ) -> Result<WriteSeq, RestError> {
-        if self
-            .doc_for_rest(doc, false)
-            .await?
-            .is_some_and(|d| d.authored)
-        {
-            return Err(RestError::Forbidden);
+        match self.doc_for_rest(doc, false).await? {
+            None => return Err(RestError::NotFound),
+            Some(d) if d.authored => return Err(RestError::Forbidden),
+            Some(d) if d.new && d.session.connections() == 0 => return Err(RestError::NotFound),
+            Some(_) => {}
         }
         if let Some(mut d) = self.docs.remove(doc) {
             self.ctx.metrics.docs_loaded.dec();

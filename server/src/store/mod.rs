@@ -444,6 +444,23 @@ fn decode_record<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// Opens the store in `dir` as a test that has just closed it does: sled releases its lock on
+/// the directory once its background threads have stopped, so a reopen polls for that, for at
+/// most a few seconds.
+#[cfg(test)]
+pub(crate) fn reopen(dir: &std::path::Path) -> Store {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open(dir, 1 << 20) {
+            Ok(store) => return store,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(10)); // polling sled's lock
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -527,7 +544,7 @@ mod tests {
             snapshots.insert(key, snap).unwrap();
             db.flush().unwrap();
         }
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let store = reopen(dir.path());
         let default = store.project_by_name(DEFAULT_PROJECT).unwrap().unwrap();
         let d = store
             .load(&DocKey::new(&RoomKey::new(default.id, "room"), "doc"))
@@ -536,7 +553,7 @@ mod tests {
         assert_eq!(d.log, vec![Bytes::from_static(&[42])]);
         drop(store);
         // Opening again changes nothing.
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let store = reopen(dir.path());
         assert_eq!(store.projects().unwrap().len(), 1);
         let d = store
             .load(&DocKey::new(&RoomKey::new(default.id, "room"), "doc"))
