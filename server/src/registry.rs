@@ -42,20 +42,27 @@ impl Rooms {
         })
     }
 
-    fn handle(self: &Arc<Self>, room: &RoomKey) -> RoomHandle {
+    /// The room's task, started if need be; `None` once the server shuts down: no room may
+    /// start (and write to the store) after the rooms have been flushed for the last time.
+    fn handle(self: &Arc<Self>, room: &RoomKey) -> Option<RoomHandle> {
         if let Some(h) = self.map.get(room) {
-            return h.clone();
+            return Some(h.clone());
         }
-        self.map
-            .entry(room.clone())
-            .or_insert_with(|| {
-                let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-                let (tx, rx) = mpsc::channel(self.ctx.config.limits.room_inbox_messages_max);
-                let task = Room::new(room.clone(), generation, self.ctx.clone(), self.clone());
-                self.ctx.tracker.spawn(task.run(rx));
-                RoomHandle { tx, generation }
-            })
-            .clone()
+        if self.ctx.shutdown.is_cancelled() {
+            return None;
+        }
+        Some(
+            self.map
+                .entry(room.clone())
+                .or_insert_with(|| {
+                    let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+                    let (tx, rx) = mpsc::channel(self.ctx.config.limits.room_inbox_messages_max);
+                    let task = Room::new(room.clone(), generation, self.ctx.clone(), self.clone());
+                    self.ctx.tracker.spawn(task.run(rx));
+                    RoomHandle { tx, generation }
+                })
+                .clone(),
+        )
     }
 
     /// Removes `room` from the registry if it is still the given generation.
@@ -75,7 +82,9 @@ impl Rooms {
             if self.ctx.shutdown.is_cancelled() {
                 return None;
             }
-            let handle = self.handle(room);
+            let Some(handle) = self.handle(room) else {
+                break;
+            };
             let (reply, answer) = oneshot::channel();
             if handle.tx.send(RoomCmd::Rest(make(reply))).await.is_err() {
                 self.remove(room, handle.generation);
@@ -118,7 +127,9 @@ impl Rooms {
             if self.ctx.shutdown.is_cancelled() {
                 break;
             }
-            let handle = self.handle(room);
+            let Some(handle) = self.handle(room) else {
+                break;
+            };
             let (reply, answer) = oneshot::channel();
             let cmd = RoomCmd::Join {
                 joining: joining.clone(),

@@ -717,6 +717,11 @@ pub fn repo_root() -> PathBuf {
 /// Runs `node tests/interop/<script> <args...>` with a 60 s timeout and panics with its output
 /// if it fails. Panics with instructions if the npm packages are not installed.
 pub async fn run_node(script: &str, args: &[&str]) {
+    run_node_for(script, args, Duration::from_secs(60)).await;
+}
+
+/// [`run_node`] with a longer time limit, for scripts that move a lot of data.
+pub async fn run_node_for(script: &str, args: &[&str], limit: Duration) {
     let dir = repo_root().join("tests/interop");
     assert!(
         dir.join("node_modules").is_dir(),
@@ -728,9 +733,9 @@ pub async fn run_node(script: &str, args: &[&str]) {
         .arg(script)
         .args(args)
         .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+    let out = tokio::time::timeout(limit, cmd.output())
         .await
-        .unwrap_or_else(|_| panic!("node {script} timed out after 60 s"))
+        .unwrap_or_else(|_| panic!("node {script} timed out after {} s", limit.as_secs()))
         .unwrap_or_else(|e| panic!("could not run node (is Node.js installed?): {e}"));
     if !out.status.success() {
         panic!(

@@ -141,13 +141,34 @@ async fn stock_providers_with_tokens_sync_and_a_refused_one_stops() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stock_provider_closed_as_a_slow_reader_reconnects_and_resyncs() {
+    // A small outbox: the reader that stops reading fills it soon after its kernel buffers.
     let server = TestServer::start_with(|c| {
-        c.limits.message_bytes_max = 1 << 20;
-        c.limits.outbox_bytes_max = 1 << 20;
-        c.limits.outbox_messages_max = 8;
+        c.limits.message_bytes_max = 256 << 10;
+        c.limits.outbox_bytes_max = 256 << 10;
+        // The writer reads whatever it is sent at once, and stays well below this.
+        c.limits.outbox_messages_max = 64;
+        // Time enough for the reader to read what its kernel buffers hold, then the close.
+        c.close_timeout = std::time::Duration::from_secs(30);
     })
     .await;
-    let metrics = format!("http://{}/metrics", server.addr());
-    run_node("slow-reader.mjs", &[&server.yjs_base("room-x"), &metrics]).await;
+    let key = roomd_room_apis::ApiKey::parse(&server.create_key("default").await).unwrap();
+    let full = roomd_room_apis::ApiScope::full();
+    let participants = format!("http://{}/v1/rooms/room-x/participants", server.addr());
+    roomd_tests::run_node_for(
+        "slow-reader.mjs",
+        &[
+            &server.yjs_base("room-x"),
+            &participants,
+            &stock_token(&key, "reader", full.clone()),
+            &stock_token(&key, "writer", full),
+        ],
+        std::time::Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(
+        server.metrics().closes(roomd_sync::CloseCode::TooSlow),
+        1,
+        "the reader, and only the reader, was closed as slow"
+    );
     server.stop().await;
 }

@@ -796,8 +796,11 @@ fn start_compaction(ctx: &Arc<AppCtx>, d: &mut DocState) {
     d.session.doc_mut().rebase_size(snapshot.len());
     let covered = d.next_seq - 1;
     d.log_bytes = 0;
+    let tracker = ctx.tracker.clone();
     let (ctx, key) = (ctx.clone(), d.key.clone());
-    d.compaction = Some(tokio::task::spawn_blocking(move || {
+    // Tracked: a compaction still writing when the server shuts down is waited for, so that the
+    // store is never dropped (and sled never flushed on drop) with a write in flight.
+    d.compaction = Some(tracker.spawn_blocking(move || {
         if let Err(e) = YDoc::check_update(&snapshot) {
             tracing::error!(error = %e, "refusing to write a snapshot that does not decode");
             return;
