@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use roomd_crdt::trace::Trace;
 
-use crate::scenarios::{self, Report, Typing};
-use crate::target::{Kind, Target};
+use crate::scenarios::{self, Connecting, Report, Typing};
+use crate::target::{Kind, Target, ROOM};
 
 /// Where the servers' programs are.
 #[derive(Debug, Clone)]
@@ -62,12 +62,50 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// Puts an API key in the roomd store at `data_dir` (which turns its authentication on) and
+/// mints a participant token with it, both with the `roomd` binary's own commands, as an
+/// operator would. The token is valid for an hour, in room [`ROOM`], with the `user` preset.
+pub async fn roomd_token(programs: &Programs, data_dir: &Path) -> anyhow::Result<String> {
+    let run = |what: &'static str, cmd: &mut tokio::process::Command| {
+        let output = cmd.stdin(Stdio::null()).env("RUST_LOG", "warn").output();
+        async move {
+            let output = output
+                .await
+                .map_err(|e| anyhow::anyhow!("running roomd {what}: {e}"))?;
+            anyhow::ensure!(
+                output.status.success(),
+                "roomd {what} failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+            Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+        }
+    };
+    let key = run(
+        "key create",
+        tokio::process::Command::new(&programs.roomd)
+            .args(["key", "create", "--project", "default", "--data-dir"])
+            .arg(data_dir),
+    )
+    .await?;
+    // The key goes by the environment, which other users cannot read, not the command line.
+    run(
+        "token",
+        tokio::process::Command::new(&programs.roomd)
+            .args(["token", "--room", ROOM, "--name", "roomd-bench"])
+            .args(["--preset", "user", "--ttl", "1h"])
+            .env("ROOMD_API_KEY", key),
+    )
+    .await
+}
+
 impl ServerProcess {
-    /// Starts `kind` with its data in `data_dir` and waits until it accepts connections.
+    /// Starts `kind` with its data in `data_dir` and waits until it accepts connections; its
+    /// clients present `token` (roomd with a key in its store).
     pub async fn start(
         kind: Kind,
         programs: &Programs,
         data_dir: &Path,
+        token: Option<String>,
     ) -> anyhow::Result<ServerProcess> {
         let port = free_port()?;
         let addr = format!("127.0.0.1:{port}");
@@ -137,7 +175,7 @@ impl ServerProcess {
         }
         Ok(ServerProcess {
             child,
-            target: Target { kind, addr },
+            target: Target { kind, addr, token },
             pid,
         })
     }
@@ -171,6 +209,8 @@ pub enum Step {
     Throughput,
     /// 200 documents × 4 peers.
     Rooms,
+    /// Clients connecting, syncing a small document and closing, over and over.
+    Connect,
     /// Idle connections on a fresh server.
     Idle {
         /// Connections held.
@@ -194,6 +234,7 @@ impl Step {
             Step::Fanout { peers } => format!("fanout-{peers}"),
             Step::Throughput => "throughput".into(),
             Step::Rooms => "rooms".into(),
+            Step::Connect => "connect".into(),
             Step::Idle { connections } => format!("idle-{connections}"),
             Step::IdleLarge { connections } => format!("idle-large-{connections}"),
             Step::Replay => "replay".into(),
@@ -204,6 +245,9 @@ impl Step {
 
 /// The text each document holds in the idle-after-a-large-document scenario: 1 MiB.
 pub const LARGE_DOC_BYTES: usize = 1 << 20;
+
+/// The text the document of the connect scenario holds: 1 KiB.
+pub const CONNECT_DOC_BYTES: usize = 1 << 10;
 
 /// How long and how large the scenarios run.
 #[derive(Debug, Clone, Copy)]
@@ -218,6 +262,8 @@ pub struct Scale {
     pub idle_large: usize,
     /// Documents × peers of the many-rooms scenario.
     pub rooms: (usize, usize),
+    /// Clients connecting at once in the connect scenario.
+    pub connecting: usize,
 }
 
 impl Scale {
@@ -228,6 +274,7 @@ impl Scale {
         idle: &[1000, 5000, 10_000],
         idle_large: 200,
         rooms: (200, 4),
+        connecting: 32,
     };
     /// A few seconds per scenario, for the test suite.
     pub const SMOKE: Scale = Scale {
@@ -236,6 +283,7 @@ impl Scale {
         idle: &[100],
         idle_large: 10,
         rooms: (10, 3),
+        connecting: 4,
     };
 
     /// Every step at this scale, in the order they run.
@@ -247,6 +295,7 @@ impl Scale {
             .collect();
         steps.push(Step::Throughput);
         steps.push(Step::Rooms);
+        steps.push(Step::Connect);
         steps.extend(
             self.idle
                 .iter()
@@ -267,16 +316,30 @@ pub fn supports(kind: Kind, step: Step) -> bool {
     !(kind == Kind::Hocuspocus && step == Step::ColdLoad)
 }
 
-/// Runs one step against a freshly started server and returns its report.
+/// Whether roomd runs `step` with authentication on (an API key in its store, a token on every
+/// connection): always for connect, whose figure is the cost of admitting a connection; for
+/// every step when `auth` is asked for.
+pub fn roomd_auth(step: Step, auth: bool) -> bool {
+    auth || step == Step::Connect
+}
+
+/// Runs one step against a freshly started server and returns its report; roomd runs with
+/// authentication on where [`roomd_auth`] says so.
 pub async fn run_step(
     step: Step,
     kind: Kind,
     scale: &Scale,
+    auth: bool,
     programs: &Programs,
     trace: &Trace,
 ) -> anyhow::Result<Report> {
     let data = tempfile::tempdir()?;
-    let server = ServerProcess::start(kind, programs, data.path()).await?;
+    let token = if kind == Kind::Roomd && roomd_auth(step, auth) {
+        Some(roomd_token(programs, data.path()).await?)
+    } else {
+        None
+    };
+    let server = ServerProcess::start(kind, programs, data.path(), token.clone()).await?;
     let pid = Some(server.pid);
     let secs = Duration::from_secs(scale.seconds);
     let result = match step {
@@ -301,6 +364,14 @@ pub async fn run_step(
             };
             scenarios::typing(&server.target, "rooms", &p, pid).await
         }
+        Step::Connect => {
+            let p = Connecting {
+                clients: scale.connecting,
+                doc_bytes: CONNECT_DOC_BYTES,
+                duration: secs,
+            };
+            scenarios::connect(&server.target, &p, pid).await
+        }
         Step::Idle { connections } => scenarios::idle(&server.target, connections, 0, pid).await,
         Step::IdleLarge { connections } => {
             scenarios::idle(&server.target, connections, LARGE_DOC_BYTES, pid).await
@@ -313,7 +384,7 @@ pub async fn run_step(
             settle(data.path()).await;
             server.stop().await;
             stored?.ensure_clean()?;
-            let server = ServerProcess::start(kind, programs, data.path()).await?;
+            let server = ServerProcess::start(kind, programs, data.path(), token).await?;
             let report = scenarios::cold_load(&server.target, trace, "replay").await;
             server.stop().await;
             return report;
@@ -393,12 +464,13 @@ pub fn medians(reports: &[Report]) -> BTreeMap<String, f64> {
 pub type Results = BTreeMap<(String, Kind), Outcome>;
 
 /// Runs every step against every server, `runs` times each, printing each report as it
-/// arrives.
+/// arrives; roomd runs with authentication on where [`roomd_auth`] says so.
 pub async fn compare(
     kinds: &[Kind],
     scale: &Scale,
     steps: &[Step],
     runs: usize,
+    auth: bool,
     programs: &Programs,
     trace: &Trace,
 ) -> anyhow::Result<Results> {
@@ -412,8 +484,17 @@ pub async fn compare(
             let mut reports = Vec::new();
             let mut problems = Vec::new();
             for run in 1..=runs {
-                eprintln!("== {} on {} (run {run}/{runs})", step.key(), kind.name());
-                match run_step(step, kind, scale, programs, trace).await {
+                let with_auth = if kind == Kind::Roomd && roomd_auth(step, auth) {
+                    " with auth"
+                } else {
+                    ""
+                };
+                eprintln!(
+                    "== {} on {}{with_auth} (run {run}/{runs})",
+                    step.key(),
+                    kind.name()
+                );
+                match run_step(step, kind, scale, auth, programs, trace).await {
                     Ok(report) => {
                         report.print();
                         problems.extend(report.problems.iter().map(|p| format!("run {run}: {p}")));
@@ -436,6 +517,15 @@ pub async fn compare(
         }
     }
     Ok(results)
+}
+
+/// How roomd was run, as one sentence for the figures section.
+pub fn auth_note(auth: bool) -> &'static str {
+    if auth {
+        "roomd ran with authentication on in every scenario: an API key in its store, and every connection presenting a participant token (`Authorization: Bearer`); the peers ran without authentication."
+    } else {
+        "roomd ran open (no API key in its store) in every scenario but connect, where an API key was in its store and every connection presented a participant token (`Authorization: Bearer`); the peers ran without authentication."
+    }
 }
 
 /// The versions of the servers compared, as one sentence.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use roomd_bench::scenarios::{self, Report, Typing};
+use roomd_bench::scenarios::{self, Connecting, Report, Typing};
 use roomd_bench::target::{Kind, Target};
 use roomd_bench::{compare, load_trace, render};
 
@@ -28,6 +28,10 @@ struct ServerArgs {
     /// Its process id, to read its CPU time and resident memory.
     #[arg(long)]
     pid: Option<u32>,
+    /// A participant token every connection presents (`Authorization: Bearer`), for a roomd
+    /// whose store holds an API key (`roomd token --key KEY --room bench ...`).
+    #[arg(long, env = "ROOMD_BENCH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -47,9 +51,14 @@ enum Command {
         )]
         servers: Vec<Kind>,
         /// Only the scenarios whose key starts with one of these (fanout, throughput, rooms,
-        /// idle, replay, cold-load; fanout-100, idle-5000, ...).
+        /// connect, idle, replay, cold-load; fanout-100, idle-5000, ...).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Run roomd with authentication on in every scenario: an API key in its store (made
+        /// with `roomd key create`) and a token (`roomd token`) on every connection. Without
+        /// it, only the connect scenario runs roomd with authentication on.
+        #[arg(long)]
+        auth: bool,
         /// A few seconds per scenario instead of the full sizes.
         #[arg(long)]
         smoke: bool,
@@ -116,6 +125,20 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8788")]
         listen: String,
     },
+    /// Clients connecting, syncing and closing, over and over: connections per second and the
+    /// latency from the TCP connect to the server's sync step 2.
+    Connect {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Clients connecting at once.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Bytes of text the document holds.
+        #[arg(long, default_value_t = compare::CONNECT_DOC_BYTES)]
+        doc_bytes: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Connections held after their handshake: the server's memory per connection.
     Idle {
         #[command(flatten)]
@@ -156,6 +179,7 @@ fn target(s: &ServerArgs) -> Target {
     Target {
         kind: s.server,
         addr: s.addr.clone(),
+        token: s.token.clone(),
     }
 }
 
@@ -172,6 +196,7 @@ async fn main() -> anyhow::Result<()> {
             runs,
             servers,
             only,
+            auth,
             smoke,
             roomd,
             peers,
@@ -192,8 +217,12 @@ async fn main() -> anyhow::Result<()> {
             let programs = compare::Programs { roomd, peers };
             let trace = load_trace(&trace)?;
             let results =
-                compare::compare(&servers, &scale, &steps, runs, &programs, &trace).await?;
-            let versions = compare::versions(&programs, &servers);
+                compare::compare(&servers, &scale, &steps, runs, auth, &programs, &trace).await?;
+            let versions = format!(
+                "{} {}",
+                compare::versions(&programs, &servers),
+                compare::auth_note(auth)
+            );
             let section = render::figures_section(
                 &results,
                 &servers,
@@ -265,6 +294,19 @@ async fn main() -> anyhow::Result<()> {
                 server.pid,
             )
             .await?
+        }
+        Command::Connect {
+            server,
+            clients,
+            doc_bytes,
+            seconds,
+        } => {
+            let p = Connecting {
+                clients,
+                doc_bytes,
+                duration: Duration::from_secs(seconds),
+            };
+            scenarios::connect(&target(&server), &p, server.pid).await?
         }
         Command::Idle {
             server,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use roomd_sync::lib0::{write_var_bytes, write_var_u64, Reader};
+use roomd_sync::lib0::{write_var_bytes, write_var_u64};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -21,7 +21,7 @@ const SEND_QUEUE_MAX: usize = 4096;
 
 /// Small buffers, as a browser's would be: tungstenite's default 128 KiB read buffer is
 /// zeroed on every read, which would make the generator, not the server, the bottleneck.
-fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+pub(crate) fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(16 * 1024)
         .write_buffer_size(0)
@@ -59,7 +59,11 @@ impl Peer {
         let url = target.doc_url(doc);
         let (ws, _) = tokio::time::timeout(
             Duration::from_secs(30),
-            tokio_tungstenite::connect_async_with_config(&url, Some(ws_config()), true),
+            tokio_tungstenite::connect_async_with_config(
+                target.request(doc)?,
+                Some(ws_config()),
+                true,
+            ),
         )
         .await
         .map_err(|_| anyhow::anyhow!("connecting to {url} timed out"))??;
@@ -107,19 +111,7 @@ impl Peer {
                 let Message::Binary(frame) = msg else {
                     continue;
                 };
-                let Some(mut rest) = reader_target.unframe(&frame) else {
-                    continue;
-                };
-                // A frame may hold several messages; stop at the first we cannot walk.
-                while !rest.is_empty() {
-                    let mut r = Reader::new(rest);
-                    let Ok(kind) = r.read_var_u64() else { break };
-                    if kind != 0 {
-                        break; // awareness, auth, sync status: not counted
-                    }
-                    let (Ok(sub), Ok(payload)) = (r.read_var_u64(), r.read_var_bytes()) else {
-                        break;
-                    };
+                for (sub, payload) in reader_target.sync_messages(&frame) {
                     match sub {
                         0 => {
                             // The server's step 1: we hold nothing, so answer with an empty update.
@@ -138,10 +130,6 @@ impl Peer {
                             }
                         }
                         _ => break,
-                    }
-                    rest = &rest[r.position()..];
-                    if reader_target.kind == crate::target::Kind::Hocuspocus {
-                        break; // one message per frame after the document name
                     }
                 }
             }

@@ -76,6 +76,27 @@ fn rows_of(step: Step) -> Vec<Row> {
             rows.extend(COST);
             rows
         }
+        Step::Connect => {
+            let mut rows = vec![
+                row("connections_per_sec", "connections / s", Better::Higher),
+                row(
+                    "connections_per_server_cpu_sec",
+                    "connections / server CPU second",
+                    Better::Higher,
+                ),
+                row("latency_p50_ms", "connect latency p50 (ms)", Better::Lower),
+                row("latency_p99_ms", "connect latency p99 (ms)", Better::Lower),
+                row(
+                    "latency_p999_ms",
+                    "connect latency p99.9 (ms)",
+                    Better::Lower,
+                ),
+                row("latency_max_ms", "connect latency max (ms)", Better::Lower),
+                row("failures", "failed connections", Better::Neither),
+            ];
+            rows.extend(COST);
+            rows
+        }
         Step::Idle { .. } | Step::IdleLarge { .. } => vec![
             row("kib_per_connection", "KiB per connection", Better::Lower),
             row("added_mib", "MiB added", Better::Lower),
@@ -114,6 +135,11 @@ fn title_of(step: Step, scale: &Scale) -> String {
         Step::Rooms => format!(
             "Many rooms: {} documents × {} peers, one typing per document",
             scale.rooms.0, scale.rooms.1
+        ),
+        Step::Connect => format!(
+            "Connect: {} clients connecting, syncing a {} KiB document and closing, over and over",
+            scale.connecting,
+            crate::compare::CONNECT_DOC_BYTES >> 10
         ),
         Step::Idle { connections } => {
             format!("Idle: {connections} connections after their handshake")
@@ -288,6 +314,14 @@ pub fn verdicts(results: &Results, kinds: &[Kind], scale: &Scale) -> Vec<Verdict
         LATENCY[1],
         "throughput: p99 no worse than the best peer's".into(),
         |o, b| o <= b,
+    ));
+    v.push(ratio_verdict(
+        results,
+        kinds,
+        "connect",
+        row("connections_per_sec", "", Better::Higher),
+        "connect: roomd with auth ≥ 2× the best peer's connections/s".into(),
+        |o, b| o >= 2.0 * b,
     ));
     if let Some(&most) = scale.idle.last() {
         let key = format!("idle-{most}");

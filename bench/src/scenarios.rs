@@ -1,11 +1,12 @@
-//! The load scenarios: fan-out, throughput, many rooms, idle, replay and cold load. Each
-//! returns a [`Report`] of named figures.
+//! The load scenarios: fan-out, throughput, many rooms, connect, idle, replay and cold load.
+//! Each returns a [`Report`] of named figures.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::{SinkExt, StreamExt, TryStreamExt};
+use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -13,10 +14,11 @@ use yrs::updates::decoder::Decode;
 use yrs::{Doc, GetString, Text, Transact, Update};
 
 use crate::book::Book;
-use crate::peer::{OnUpdate, Peer, WireStats};
+use crate::peer::{ws_config, OnUpdate, Peer, WireStats};
 use crate::procstat::{rss_kib, CpuMeter};
 use crate::target::Target;
 use roomd_crdt::trace::Trace;
+use tokio_tungstenite::tungstenite::Message;
 
 /// Connections in their handshake at once while a scenario sets up.
 const CONNECTING_MAX: usize = 64;
@@ -403,6 +405,211 @@ fn closing_figures(
         report.problems.push(format!(
             "{missing} deliveries missing 10 s after the last update"
         ));
+    }
+}
+
+/// Parameters of the connect scenario.
+#[derive(Debug, Clone)]
+pub struct Connecting {
+    /// Clients at once, each connecting, syncing and closing, over and over.
+    pub clients: usize,
+    /// Bytes of text the document holds before the clients start.
+    pub doc_bytes: usize,
+    /// How long clients keep starting new connections.
+    pub duration: Duration,
+}
+
+/// The longest one connection may take from its TCP connect to the server's sync step 2.
+const CONNECT_MAX: Duration = Duration::from_secs(10);
+
+/// The longest a client waits for the server to answer its close frame.
+const CLOSE_MAX: Duration = Duration::from_secs(5);
+
+/// What one connecting client measured.
+struct Connections {
+    /// Latency of every connection that completed its handshake.
+    latencies: Histogram<u64>,
+    /// Connections that completed their handshake before the deadline.
+    in_time: u64,
+    failures: u64,
+    first_failure: Option<String>,
+}
+
+/// Connect: `clients` clients, each opening a connection to one document (the WebSocket
+/// upgrade with its token, if the target has one, and the sync handshake until the server's
+/// step 2 holds the document), closing it, and starting again, for `duration`. Connections per
+/// second (those that completed their handshake within `duration`, so that connections still
+/// in flight at its end, or stuck there, do not stretch the window) and the latency from the
+/// TCP connect to the step 2.
+pub async fn connect(
+    target: &Target,
+    p: &Connecting,
+    server_pid: Option<u32>,
+) -> anyhow::Result<Report> {
+    let mut report = Report::new("connect", target);
+    let doc = format!("connect-{}", std::process::id());
+    target.prepare_doc(&doc).await?;
+    // The document has its content, and a connection keeps it open, before the clients start:
+    // they measure joining a document in use, not loading one from storage.
+    let holder = Peer::connect(
+        target,
+        &doc,
+        1,
+        Arc::new(WireStats::default()),
+        Box::new(|_| {}),
+    )
+    .await?;
+    if p.doc_bytes > 0 {
+        holder.send_update(&text_update(1, p.doc_bytes)).await?;
+        within_setup(
+            &format!("a document of {} bytes", p.doc_bytes),
+            holds_at_least(target, &doc, p.doc_bytes),
+        )
+        .await?;
+    }
+    let cpu = CpuMeter::start(server_pid);
+    let start = Instant::now();
+    let deadline = start + p.duration;
+    let clients: Vec<_> = (0..p.clients)
+        .map(|_| {
+            let (target, doc, doc_bytes) = (target.clone(), doc.clone(), p.doc_bytes);
+            tokio::spawn(async move { connect_until(&target, &doc, doc_bytes, deadline).await })
+        })
+        .collect();
+    // CPU and memory are read over the same window as the connections counted.
+    tokio::time::sleep_until(deadline.into()).await;
+    let (gen_cpu, server_cpu) = cpu.stop();
+    let rss = server_pid.map_or(0, rss_kib);
+    let mut latencies = Histogram::<u64>::new_with_bounds(1, CONNECT_MAX.as_micros() as u64, 3)?;
+    let (mut in_time, mut failures, mut first_failure) = (0u64, 0u64, None);
+    for client in clients {
+        let c = client.await??;
+        latencies.add(&c.latencies)?;
+        in_time += c.in_time;
+        failures += c.failures;
+        first_failure = first_failure.or(c.first_failure);
+    }
+    holder.close().await;
+    let window = p.duration.as_secs_f64();
+    let ms = |us: u64| us as f64 / 1000.0;
+    report.add("clients", p.clients as f64);
+    report.add("doc_bytes", p.doc_bytes as f64);
+    report.add("connections", in_time as f64);
+    report.add("failures", failures as f64);
+    report.add("connections_per_sec", in_time as f64 / window);
+    if !latencies.is_empty() {
+        report.add("latency_p50_ms", ms(latencies.value_at_quantile(0.50)));
+        report.add("latency_p99_ms", ms(latencies.value_at_quantile(0.99)));
+        report.add("latency_p999_ms", ms(latencies.value_at_quantile(0.999)));
+        report.add("latency_max_ms", ms(latencies.max()));
+    }
+    if server_cpu > 0.0 {
+        report.add(
+            "connections_per_server_cpu_sec",
+            in_time as f64 / (server_cpu * window),
+        );
+    }
+    report.add("generator_cpu_cores", gen_cpu);
+    report.add("server_cpu_cores", server_cpu);
+    report.add("server_rss_mib", rss as f64 / 1024.0);
+    if let Some(first) = first_failure {
+        report.problems.push(format!(
+            "{failures} of {} connections failed (the first: {first})",
+            latencies.len() + failures
+        ));
+    }
+    Ok(report)
+}
+
+/// One connecting client: connects, syncs and closes until `deadline`.
+async fn connect_until(
+    target: &Target,
+    doc: &str,
+    doc_bytes: usize,
+    deadline: Instant,
+) -> anyhow::Result<Connections> {
+    let mut c = Connections {
+        latencies: Histogram::new_with_bounds(1, CONNECT_MAX.as_micros() as u64, 3)?,
+        in_time: 0,
+        failures: 0,
+        first_failure: None,
+    };
+    while Instant::now() < deadline {
+        let began = Instant::now();
+        match connect_and_sync(target, doc, doc_bytes).await {
+            Ok(mut ws) => {
+                c.latencies
+                    .saturating_record(began.elapsed().as_micros() as u64);
+                c.in_time += u64::from(Instant::now() <= deadline);
+                // The closing handshake, as a provider that is destroyed does it: our close
+                // frame, then the server's answer.
+                let _ = tokio::time::timeout(CLOSE_MAX, async {
+                    if ws.close(None).await.is_ok() {
+                        while let Some(Ok(_)) = ws.next().await {}
+                    }
+                })
+                .await;
+            }
+            Err(e) => {
+                c.failures += 1;
+                c.first_failure.get_or_insert_with(|| format!("{e:#}"));
+            }
+        }
+    }
+    Ok(c)
+}
+
+/// Opens a connection to `doc` and completes the handshake: returns once the server's sync
+/// step 2 (with whatever updates came with it) has brought at least `doc_bytes` of updates,
+/// within [`CONNECT_MAX`] of the start; a failure says which part did not complete.
+async fn connect_and_sync(
+    target: &Target,
+    doc: &str,
+    doc_bytes: usize,
+) -> anyhow::Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+> {
+    let limit = tokio::time::Instant::now() + CONNECT_MAX;
+    let upgrade =
+        tokio_tungstenite::connect_async_with_config(target.request(doc)?, Some(ws_config()), true);
+    let (mut ws, _) = tokio::time::timeout_at(limit, upgrade)
+        .await
+        .map_err(|_| anyhow::anyhow!("no WebSocket upgrade within {CONNECT_MAX:?}"))??;
+    if let Some(hello) = target.hello(doc) {
+        ws.feed(Message::Binary(hello.into())).await?;
+    }
+    // Our step 1 with an empty state vector: the server answers with the whole document.
+    ws.send(Message::Binary(target.frame(doc, &[0, 0, 1, 0]).into()))
+        .await?;
+    let (mut step2, mut received) = (false, 0usize);
+    loop {
+        let next = tokio::time::timeout_at(limit, ws.next())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("upgraded, but no sync step 2 within {CONNECT_MAX:?} of connecting")
+            })?;
+        let Some(message) = next else {
+            anyhow::bail!("the connection ended before the sync step 2")
+        };
+        match message? {
+            Message::Binary(frame) => {
+                for (sub, payload) in target.sync_messages(&frame) {
+                    step2 |= sub == 1;
+                    if sub == 1 || sub == 2 {
+                        received += payload.len();
+                    }
+                }
+                // A server may answer before it holds the document and send it after.
+                if step2 && received >= doc_bytes {
+                    return Ok(ws);
+                }
+            }
+            Message::Close(frame) => anyhow::bail!(
+                "closed before the sync step 2{}",
+                frame.map_or(String::new(), |f| format!(" ({} {})", f.code, f.reason))
+            ),
+            _ => {}
+        }
     }
 }
 

@@ -2,6 +2,15 @@
 //! framed for it.
 
 use roomd_sync::lib0::{write_var_bytes, write_var_u64, Reader};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
+use tokio_tungstenite::tungstenite::http::{header, HeaderValue};
+
+/// The room of every roomd document the scenarios open, and of the tokens they present.
+pub const ROOM: &str = "bench";
+
+/// The longest creating a document may take.
+const PREPARE_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Which server is under test.
 #[derive(
@@ -9,7 +18,7 @@ use roomd_sync::lib0::{write_var_bytes, write_var_u64, Reader};
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
-    /// roomd: `ws://HOST/v1/rooms/bench/yjs/DOC`.
+    /// roomd: `ws://HOST/v1/rooms/bench/yjs/DOC` (the room is [`ROOM`]).
     Roomd,
     /// The classic y-websocket server (`bin/server.js` of y-websocket 1.5.4): `ws://HOST/DOC`.
     YWebsocket,
@@ -38,16 +47,31 @@ pub struct Target {
     pub kind: Kind,
     /// `127.0.0.1:PORT`.
     pub addr: String,
+    /// The participant token every connection presents (`Authorization: Bearer`), for a
+    /// roomd whose store holds an API key; `None` for a server that runs open.
+    pub token: Option<String>,
 }
 
 impl Target {
     /// The WebSocket URL of document `doc`.
     pub fn doc_url(&self, doc: &str) -> String {
         match self.kind {
-            Kind::Roomd => format!("ws://{}/v1/rooms/bench/yjs/{doc}", self.addr),
+            Kind::Roomd => format!("ws://{}/v1/rooms/{ROOM}/yjs/{doc}", self.addr),
             Kind::YWebsocket | Kind::Hocuspocus => format!("ws://{}/{doc}", self.addr),
             Kind::YSweet => format!("ws://{}/d/{doc}/ws/{doc}", self.addr),
         }
+    }
+
+    /// The WebSocket upgrade request for document `doc`, carrying the token if there is one.
+    pub fn request(&self, doc: &str) -> anyhow::Result<Request> {
+        let mut request = self.doc_url(doc).into_client_request()?;
+        if let Some(token) = &self.token {
+            request.headers_mut().insert(
+                header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {token}"))?,
+            );
+        }
+        Ok(request)
     }
 
     /// Creates the document where the server needs that (y-sweet).
@@ -62,10 +86,19 @@ impl Target {
             self.addr,
             body.len()
         );
-        let mut s = tokio::net::TcpStream::connect(&self.addr).await?;
-        s.write_all(req.as_bytes()).await?;
-        let mut resp = Vec::new();
-        s.read_to_end(&mut resp).await?;
+        let exchange = async {
+            let mut s = tokio::net::TcpStream::connect(&self.addr).await?;
+            s.write_all(req.as_bytes()).await?;
+            let mut resp = Vec::new();
+            s.read_to_end(&mut resp).await?;
+            anyhow::Ok(resp)
+        };
+        // A server that stopped answering fails the run instead of stalling it.
+        let resp = tokio::time::timeout(PREPARE_MAX, exchange)
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("y-sweet did not create {doc} within {PREPARE_MAX:?}")
+            })??;
         let text = String::from_utf8_lossy(&resp);
         anyhow::ensure!(
             text.starts_with("HTTP/1.1 200"),
@@ -96,6 +129,16 @@ impl Target {
         frame.get(r.position()..)
     }
 
+    /// The sync messages (sub-type, payload) of a frame, up to the first message that is no
+    /// sync message (awareness, auth): what a peer reads of the frame.
+    pub fn sync_messages<'a>(&self, frame: &'a [u8]) -> SyncMessages<'a> {
+        SyncMessages {
+            rest: self.unframe(frame).unwrap_or(&[]),
+            // Hocuspocus puts one message in a frame, after the document name.
+            one: self.kind == Kind::Hocuspocus,
+        }
+    }
+
     /// What a client sends before anything else (Hocuspocus's auth message, empty token).
     pub fn hello(&self, doc: &str) -> Option<Vec<u8>> {
         if self.kind != Kind::Hocuspocus {
@@ -106,5 +149,34 @@ impl Target {
         write_var_u64(&mut msg, 0); // token
         write_var_bytes(&mut msg, b"");
         Some(self.frame(doc, &msg))
+    }
+}
+
+/// The sync messages of one frame, in order (see [`Target::sync_messages`]).
+#[derive(Debug)]
+pub struct SyncMessages<'a> {
+    rest: &'a [u8],
+    one: bool,
+}
+
+impl<'a> Iterator for SyncMessages<'a> {
+    type Item = (u64, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let mut r = Reader::new(self.rest);
+        // A frame whose next message cannot be walked, or is no sync message, ends here.
+        let message = match r.read_var_u64() {
+            Ok(0) => r.read_var_u64().ok().zip(r.read_var_bytes().ok()),
+            _ => None,
+        };
+        self.rest = if self.one || message.is_none() {
+            &[]
+        } else {
+            self.rest.get(r.position()..).unwrap_or(&[])
+        };
+        message
     }
 }

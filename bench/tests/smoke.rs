@@ -3,10 +3,20 @@
 //! with no lost delivery, report its figures, and render into a figures section and plots.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use roomd_bench::compare::{self, Programs, Scale};
+use std::time::Duration;
+
+use roomd_bench::compare::{self, Programs, Scale, ServerProcess};
 use roomd_bench::render;
+use roomd_bench::scenarios::{self, Connecting};
 use roomd_bench::target::Kind;
 use roomd_tests::{repo_root, roomd_bin};
+
+fn programs() -> Programs {
+    Programs {
+        roomd: roomd_bin(),
+        peers: repo_root().join("bench/peers"),
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_runs_against_roomd() {
@@ -15,13 +25,11 @@ async fn every_scenario_runs_against_roomd() {
         .unwrap()
         // The whole trace takes long in a debug build; its first 3,000 patches do the same work.
         .prefix(3_000);
-    let programs = Programs {
-        roomd: roomd_bin(),
-        peers: repo_root().join("bench/peers"),
-    };
+    let programs = programs();
     let scale = Scale::SMOKE;
     let steps = scale.steps();
-    let results = compare::compare(&[Kind::Roomd], &scale, &steps, 1, &programs, &trace)
+    // With authentication on, so that every scenario presents the token it minted.
+    let results = compare::compare(&[Kind::Roomd], &scale, &steps, 1, true, &programs, &trace)
         .await
         .unwrap();
     for step in &steps {
@@ -50,6 +58,10 @@ async fn every_scenario_runs_against_roomd() {
         assert_eq!(o.get("delivery_ratio"), Some(1.0), "{key}");
         assert!(o.get("latency_p99_ms").unwrap() > 0.0, "{key}");
     }
+    let connect = &results[&("connect".to_string(), Kind::Roomd)];
+    assert!(connect.get("connections_per_sec").unwrap() > 0.0);
+    assert!(connect.get("latency_p99_ms").unwrap() > 0.0);
+    assert_eq!(connect.get("failures"), Some(0.0));
     assert!(
         results[&("idle-100".to_string(), Kind::Roomd)]
             .get("kib_per_connection")
@@ -71,11 +83,13 @@ async fn every_scenario_runs_against_roomd() {
         1,
         plots.path(),
         "plots",
-        "roomd only",
+        &format!("roomd only. {}", compare::auth_note(true)),
     )
     .unwrap();
     assert!(section.starts_with(render::BEGIN) && section.trim_end().ends_with(render::END));
     assert!(section.contains("### Fan-out: 10 peers"));
+    assert!(section.contains("### Connect: 4 clients"));
+    assert!(section.contains("roomd ran with authentication on in every scenario"));
     for svg in ["fanout-p99.svg", "fanout-p50.svg", "idle-memory.svg"] {
         let text = std::fs::read_to_string(plots.path().join(svg)).unwrap();
         assert!(
@@ -89,4 +103,28 @@ async fn every_scenario_runs_against_roomd() {
         doc,
         "splicing twice changes nothing"
     );
+}
+
+/// The figures with authentication on are those of admitted connections: once the harness has
+/// put a key in roomd's store, a client without the token gets no handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_roomd_with_a_key_refuses_clients_without_the_token() {
+    let programs = programs();
+    let data = tempfile::tempdir().unwrap();
+    let token = compare::roomd_token(&programs, data.path()).await.unwrap();
+    let server = ServerProcess::start(Kind::Roomd, &programs, data.path(), None)
+        .await
+        .unwrap();
+    let p = Connecting {
+        clients: 1,
+        doc_bytes: 16,
+        duration: Duration::from_millis(200),
+    };
+    let refused = scenarios::connect(&server.target, &p, None).await;
+    assert!(refused.is_err(), "{refused:?}");
+    let mut admitted = server.target.clone();
+    admitted.token = Some(token);
+    let report = scenarios::connect(&admitted, &p, None).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    server.stop().await;
 }
