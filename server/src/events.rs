@@ -91,7 +91,16 @@ struct RoomLog {
 struct LogState {
     next_id: u64,
     pending: VecDeque<(u64, WriteSeq)>,
+    /// The oldest id the log may still hold: pruning by count is due once `next_id` is
+    /// `per_room_max` past it.
+    oldest: u64,
+    /// Appends since the age bound was last applied.
+    since_age_check: u32,
 }
+
+/// Appends between two applications of the age bound: reading the oldest event on every append
+/// would cost more than the append.
+const AGE_CHECK_EVERY: u32 = 64;
 
 /// Every room's event log.
 pub struct EventLog {
@@ -144,10 +153,10 @@ impl EventLog {
         }
         // Everything stored when the log is first opened has been read back from disk, so it is
         // all durable.
-        let last = self
+        let (oldest, last) = self
             .store
             .event_bounds(room)?
-            .map_or(0, |(_, last, _)| last);
+            .map_or((1, 0), |(first, last, _)| (first, last));
         Ok(self
             .rooms
             .entry(room.clone())
@@ -156,6 +165,8 @@ impl EventLog {
                     state: Mutex::new(LogState {
                         next_id: last + 1,
                         pending: VecDeque::new(),
+                        oldest,
+                        since_age_check: AGE_CHECK_EVERY,
                     }),
                     durable: watch::Sender::new(last),
                 })
@@ -174,7 +185,7 @@ impl EventLog {
     ) -> Result<u64, StoreError> {
         let log = self.room(room)?;
         let now = now_ms();
-        let (id, newly_waiting) = {
+        let (id, newly_waiting, prune) = {
             // Held while the record is inserted, so that ids reach the store in order.
             let mut state = log.state.lock().unwrap_or_else(|p| p.into_inner());
             let id = state.next_id;
@@ -188,7 +199,16 @@ impl EventLog {
             let write = self.store.put_event(room, &record)?;
             state.next_id += 1;
             state.pending.push_back((id, write));
-            (id, state.pending.len() == 1)
+            state.since_age_check += 1;
+            let over_count = id >= state.oldest.saturating_add(self.limits.per_room_max);
+            let age_due = state.since_age_check >= AGE_CHECK_EVERY;
+            if over_count || age_due {
+                state.since_age_check = 0;
+                state.oldest = state
+                    .oldest
+                    .max((id + 1).saturating_sub(self.limits.per_room_max));
+            }
+            (id, state.pending.len() == 1, over_count || age_due)
         };
         if newly_waiting {
             self.waiting
@@ -196,10 +216,12 @@ impl EventLog {
                 .unwrap_or_else(|p| p.into_inner())
                 .push(log);
         }
-        let keep_from = (id + 1).saturating_sub(self.limits.per_room_max);
-        let age_ms = u64::try_from(self.limits.age_max.as_millis()).unwrap_or(u64::MAX);
-        self.store
-            .prune_events(room, keep_from, now.saturating_sub(age_ms))?;
+        if prune {
+            let keep_from = (id + 1).saturating_sub(self.limits.per_room_max);
+            let age_ms = u64::try_from(self.limits.age_max.as_millis()).unwrap_or(u64::MAX);
+            self.store
+                .prune_events(room, keep_from, now.saturating_sub(age_ms))?;
+        }
         Ok(id)
     }
 

@@ -121,6 +121,8 @@ pub struct Room {
     session: presence::Session,
     /// Who is connected.
     participants: Participants,
+    /// Changes of participants not shown yet.
+    presence: presence::PendingPresence,
 }
 
 impl std::fmt::Debug for Room {
@@ -160,6 +162,7 @@ impl Room {
             outboxes: HashMap::new(),
             session: presence::Session::new(),
             participants: Participants::default(),
+            presence: presence::PendingPresence::default(),
         }
     }
 
@@ -196,6 +199,13 @@ impl Room {
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let no_conns = self.outboxes.is_empty();
+            let presence_due = self.presence.due;
+            let presence = async move {
+                match presence_due {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = self.ctx.shutdown.cancelled() => {
@@ -232,6 +242,7 @@ impl Room {
                 Some((doc, state)) = self.loaded_rx.recv() => {
                     self.install(doc, state).await;
                 }
+                () = presence => self.publish_presence(),
                 _ = &mut idle, if no_conns => {
                     // Fold and flush everything while still registered, then leave the
                     // registry and turn away joins that raced with the unload.

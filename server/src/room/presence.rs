@@ -17,6 +17,16 @@ pub const PARTICIPANTS_DOC: &str = ".room/participants";
 const PARTICIPANTS_MAP: &str = "participants";
 /// Participants a session record lists, at most; later ones are counted only.
 const SESSION_PARTICIPANTS_MAX: usize = 1_000;
+/// How long a change of participants may wait before `.room/participants` shows it.
+pub const PRESENCE_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Participants changed since `.room/participants` last showed them, and when it is due to.
+#[derive(Debug, Default)]
+pub struct PendingPresence {
+    dirty: std::collections::BTreeSet<String>,
+    /// When the changes must be shown; `None` while nothing changed.
+    pub due: Option<tokio::time::Instant>,
+}
 
 /// This activation of a room.
 #[derive(Debug)]
@@ -149,18 +159,40 @@ impl Room {
         self.carry_out(&doc, out);
     }
 
-    /// Shows participant `id` in `.room/participants` as `shown` (or removes it, when `None`).
-    fn publish_participant(&mut self, id: &str, shown: Option<serde_json::Value>) {
+    /// Marks participant `id` as changed: `.room/participants` shows it as it is (or no longer)
+    /// at the next [`Room::publish_presence`], at most [`PRESENCE_DELAY`] from now.
+    fn publish_participant(&mut self, id: &str) {
+        self.presence.dirty.insert(id.to_string());
+        self.presence
+            .due
+            .get_or_insert_with(|| tokio::time::Instant::now() + PRESENCE_DELAY);
+    }
+
+    /// Writes every participant changed since the last time into `.room/participants`, in one
+    /// edit: a connection storm costs one update per interval, not one per join and leave, and a
+    /// participant that came and went meanwhile costs nothing.
+    pub(super) fn publish_presence(&mut self) {
+        self.presence.due = None;
+        if self.presence.dirty.is_empty() {
+            return;
+        }
+        let dirty = std::mem::take(&mut self.presence.dirty);
+        let shown: Vec<(String, Option<serde_json::Value>)> = dirty
+            .into_iter()
+            .map(|id| {
+                let value = self.participants.get(&id).map(Participant::to_shown_json);
+                (id, value)
+            })
+            .collect();
         let doc: Arc<str> = PARTICIPANTS_DOC.into();
         let Some(d) = self.docs.get_mut(&doc) else {
             return;
         };
-        let value = shown;
-        let Some(update) = d
-            .session
-            .doc_mut()
-            .author_map(PARTICIPANTS_MAP, &[(id, value.as_ref())])
-        else {
+        let changes: Vec<(&str, Option<&serde_json::Value>)> = shown
+            .iter()
+            .map(|(id, value)| (id.as_str(), value.as_ref()))
+            .collect();
+        let Some(update) = d.session.doc_mut().author_map(PARTICIPANTS_MAP, &changes) else {
             return;
         };
         let mut out = Vec::new();
@@ -192,8 +224,8 @@ impl Room {
         let Some(p) = self.participants.of_conn(conn.0) else {
             return;
         };
-        let (id, shown, first) = (p.id.clone(), p.to_shown_json(), p.connections.len() == 1);
-        self.publish_participant(&id, Some(shown));
+        let (id, first) = (p.id.clone(), p.connections.len() == 1);
+        self.publish_participant(&id);
         if !first {
             return;
         }
@@ -257,12 +289,9 @@ impl Room {
             }
         }
         match self.participants.disconnect(conn.0) {
-            Some(Change::Updated(id)) => {
-                let shown = self.participants.get(&id).map(Participant::to_shown_json);
-                self.publish_participant(&id, shown);
-            }
+            Some(Change::Updated(id)) => self.publish_participant(&id),
             Some(Change::Left(p)) => {
-                self.publish_participant(&p.id, None);
+                self.publish_participant(&p.id);
                 self.ctx.metrics.participants.dec();
                 self.ctx.emit(
                     &self.key,
@@ -328,6 +357,7 @@ impl Room {
         if self.session.ended() {
             return;
         }
+        self.publish_presence();
         let now = now_ms();
         let staying: Vec<usize> = (0..self.session.record.participants.len())
             .filter(|&i| self.session.record.participants[i].left_ms.is_none())
