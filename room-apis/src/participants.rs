@@ -3,8 +3,9 @@
 //!
 //! A participant is the identity of a token within the room: connections whose tokens carry the
 //! same name and role are one participant (the same person editing three documents has three
-//! y-websocket connections), and it leaves when its last connection closes. A connection without
-//! a token (open development mode) is an anonymous participant of its own.
+//! y-websocket connections), and it leaves when its last connection closes. Connections without
+//! a token (open development mode) have no identity to tell them apart: they are one participant,
+//! `anonymous`.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -20,15 +21,15 @@ pub enum ParticipantKey {
         /// The token's role.
         role: Role,
     },
-    /// A connection without a token, a participant of its own.
-    Anonymous(u64),
+    /// Connections without a token.
+    Anonymous,
 }
 
 /// One of a participant's connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connection {
     /// The document it syncs (or the protocol's own name for a room-wide connection).
-    pub doc: String,
+    pub doc: std::sync::Arc<str>,
     /// When it opened, in ms since the epoch.
     pub since_ms: u64,
 }
@@ -39,8 +40,8 @@ pub struct Participant {
     /// Its id, unique within the session.
     pub id: String,
     /// A small number for it, unique within the session, that document sessions use to tell
-    /// participants apart (`roomd_sync::Peer::participant`). Every anonymous participant shares
-    /// number 0: in open development mode no one's awareness is protected from anyone.
+    /// participants apart (`roomd_sync::Peer::participant`). The anonymous participant is number
+    /// 0: in open development mode no one's awareness is protected from anyone.
     pub number: u64,
     /// Its name.
     pub name: String,
@@ -79,7 +80,7 @@ impl Participant {
             .map(|(id, c)| {
                 serde_json::json!({
                     "id": id.to_string(),
-                    "document": c.doc,
+                    "document": &*c.doc,
                     "since": rfc3339(c.since_ms),
                 })
             })
@@ -148,12 +149,12 @@ impl Participants {
         &mut self,
         who: &Identity,
         conn: u64,
-        doc: &str,
+        doc: &std::sync::Arc<str>,
         now_ms: u64,
         new_id: impl FnOnce() -> String,
     ) -> Change {
         let connection = Connection {
-            doc: doc.to_string(),
+            doc: doc.clone(),
             since_ms: now_ms,
         };
         self.by_conn.insert(conn, who.key.clone());
@@ -163,7 +164,7 @@ impl Participants {
             return Change::Updated(p.id.clone());
         }
         let number = match who.key {
-            ParticipantKey::Anonymous(_) => 0,
+            ParticipantKey::Anonymous => 0,
             ParticipantKey::Named { .. } => {
                 self.next_number += 1;
                 self.next_number
@@ -249,7 +250,7 @@ mod tests {
             format!("p{ids}")
         };
         assert_eq!(
-            t.connect(&named("alice"), 1, "a.doc", 10, &mut next),
+            t.connect(&named("alice"), 1, &"a.doc".into(), 10, &mut next),
             Change::Joined
         );
         let alice = t
@@ -257,12 +258,12 @@ mod tests {
             .cloned()
             .unwrap_or_else(|| panic!("alice is not there"));
         assert!(matches!(
-            t.connect(&named("alice"), 2, "b.doc", 11, &mut next),
+            t.connect(&named("alice"), 2, &"b.doc".into(), 11, &mut next),
             Change::Updated(id) if id == alice.id
         ));
         assert_eq!(t.of_conn(2).map(|p| p.connections.len()), Some(2));
         assert_eq!(
-            t.connect(&named("bob"), 3, "a.doc", 12, &mut next),
+            t.connect(&named("bob"), 3, &"a.doc".into(), 12, &mut next),
             Change::Joined
         );
         let bob = t
@@ -282,7 +283,7 @@ mod tests {
         assert_eq!(json["since"], "1970-01-01T00:00:00.012Z");
         // However many connections a participant has, its shown entry stays bounded.
         for c in 100..200 {
-            t.connect(&named("bob"), c, "many", 14, &mut next);
+            t.connect(&named("bob"), c, &"many".into(), 14, &mut next);
         }
         let bob = t
             .of_conn(150)
@@ -296,18 +297,20 @@ mod tests {
         assert!(t.of_conn(150).map(Participant::to_json).unwrap_or_default()
             ["connections_omitted"]
             .is_null());
-        // Anonymous connections are participants of their own, all numbered 0.
-        let anon = |c| Identity {
-            key: ParticipantKey::Anonymous(c),
+        // Connections without a token are one participant, numbered 0.
+        let anon = Identity {
+            key: ParticipantKey::Anonymous,
             ..named("anonymous")
         };
-        assert_eq!(t.connect(&anon(8), 8, "x", 13, &mut next), Change::Joined);
-        assert_eq!(t.connect(&anon(9), 9, "x", 13, &mut next), Change::Joined);
-        let (a, b) = (
-            t.of_conn(8).cloned().unwrap_or_else(|| panic!()),
-            t.of_conn(9).cloned().unwrap_or_else(|| panic!()),
+        assert_eq!(
+            t.connect(&anon, 8, &"x".into(), 13, &mut next),
+            Change::Joined
         );
-        assert_ne!(a.id, b.id);
-        assert_eq!((a.number, b.number), (0, 0));
+        assert!(matches!(
+            t.connect(&anon, 9, &"x".into(), 13, &mut next),
+            Change::Updated(_)
+        ));
+        let a = t.of_conn(9).cloned().unwrap_or_else(|| panic!());
+        assert_eq!((a.number, a.connections.len()), (0, 2));
     }
 }

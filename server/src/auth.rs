@@ -159,9 +159,19 @@ impl Caller {
         self.scope_in(room)?.doc_access(doc)
     }
 
-    /// The participant the caller is. An anonymous caller's key is completed by the room with
-    /// its connection's id: each is a participant of its own.
-    pub fn who(&self) -> Who {
+    /// The participant the caller is. Callers without a token are one participant, `anonymous`,
+    /// whose identity every one of their connections shares.
+    pub fn who(&self) -> std::sync::Arc<Who> {
+        static ANONYMOUS: std::sync::OnceLock<std::sync::Arc<Who>> = std::sync::OnceLock::new();
+        if let Caller::Anonymous { .. } = self {
+            return ANONYMOUS
+                .get_or_init(|| std::sync::Arc::new(self.identity()))
+                .clone();
+        }
+        std::sync::Arc::new(self.identity())
+    }
+
+    fn identity(&self) -> Who {
         match self {
             Caller::ProjectKey { key, .. } => Who {
                 key: ParticipantKey::Named {
@@ -173,7 +183,7 @@ impl Caller {
                 attributes: serde_json::Map::new(),
             },
             Caller::Anonymous { .. } => Who {
-                key: ParticipantKey::Anonymous(0),
+                key: ParticipantKey::Anonymous,
                 name: "anonymous".into(),
                 role: Role::User,
                 attributes: serde_json::Map::from_iter([(

@@ -167,7 +167,7 @@ pub struct Joining {
     /// The document.
     pub doc: Arc<str>,
     /// The participant it is.
-    pub who: roomd_room_apis::participants::Identity,
+    pub who: Arc<roomd_room_apis::participants::Identity>,
     /// It may read the document but not change it.
     pub read_only: bool,
 }

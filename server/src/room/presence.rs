@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use roomd_room_apis::participants::{Change, Identity, Participant, ParticipantKey};
+use roomd_room_apis::participants::{Change, Participant};
 use roomd_sync::{CloseCode, ConnId, YjsDocSession};
 
 use super::{build_doc, DocState, Room};
@@ -203,16 +203,8 @@ impl Room {
     /// Adds connection `conn` to its participant (before the document joins it); returns the
     /// participant's number for the document session.
     pub(super) fn participants_connect(&mut self, joining: &Joining, conn: ConnId) -> u64 {
-        // A connection without a token is a participant of its own.
-        let who = match joining.who.key {
-            ParticipantKey::Anonymous(_) => Identity {
-                key: ParticipantKey::Anonymous(conn.0),
-                ..joining.who.clone()
-            },
-            ParticipantKey::Named { .. } => joining.who.clone(),
-        };
         self.participants
-            .connect(&who, conn.0, &joining.doc, now_ms(), || {
+            .connect(&joining.who, conn.0, &joining.doc, now_ms(), || {
                 uuid::Uuid::new_v4().to_string()
             });
         self.participants.of_conn(conn.0).map_or(0, |p| p.number)
