@@ -49,12 +49,13 @@ main('auth', async () => {
   stepTo('.room/participants shows everyone to a stock client')
   const watcher = await connect(base, '.room/participants', { name: 'watcher', options: { params: { token: alice } } })
   const names = () => [...watcher.doc.getMap('participants').values()].map((p) => p.name).sort()
-  await waitFor('every participant to be shown', () => names().join() === 'alice,bob,reader', {
+  const aliceShown = () => [...watcher.doc.getMap('participants').values()].find((p) => p.name === 'alice')
+  // Alice has two connections: her editor and the watcher.
+  await waitFor('every participant to be shown', () => names().join() === 'alice,bob,reader' &&
+    aliceShown().connections.length === 2, {
     sources: [watcher],
-    detail: () => `  shown: ${names().join()}`
+    detail: () => `  shown: ${names().join()}; alice's connections: ${aliceShown()?.connections?.length}`
   })
-  const aliceShown = [...watcher.doc.getMap('participants').values()].find((p) => p.name === 'alice')
-  assertEqual(aliceShown.connections.length, 2, "alice's connections (her editor and the watcher)")
   b.closing = true
   b.provider.destroy()
   await waitFor('bob to leave', () => names().join() === 'alice,reader', { sources: [watcher] })
