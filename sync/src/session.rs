@@ -401,16 +401,7 @@ impl YjsDocSession {
         if run.len() > 1 {
             let parts: Vec<&[u8]> = run.iter().map(|(_, _, u)| u.as_ref()).collect();
             if let Some(merged) = YDoc::merge_updates(&parts) {
-                let frame = frame_of(Message::Sync(SyncMessage::Update(&merged)));
-                out.push(Output::Append {
-                    update: Bytes::from(merged),
-                });
-                for c in &self.conns {
-                    out.push(Output::Send {
-                        conn: c.id,
-                        frame: frame.clone(),
-                    });
-                }
+                self.append_and_send_to_all(Bytes::from(merged), out);
                 run.clear();
                 return;
             }
@@ -481,17 +472,20 @@ impl YjsDocSession {
         if !applied.changed {
             return Ok(false);
         }
-        out.push(Output::Append {
-            update: Bytes::copy_from_slice(update),
-        });
-        let frame = frame_of(Message::Sync(SyncMessage::Update(update)));
+        self.append_and_send_to_all(Bytes::copy_from_slice(update), out);
+        Ok(true)
+    }
+
+    /// Appends an update the document holds to the log and sends it to every connection.
+    fn append_and_send_to_all(&self, update: Bytes, out: &mut Vec<Output>) {
+        let frame = frame_of(Message::Sync(SyncMessage::Update(&update)));
+        out.push(Output::Append { update });
         for c in &self.conns {
             out.push(Output::Send {
                 conn: c.id,
                 frame: frame.clone(),
             });
         }
-        Ok(true)
     }
 
     /// The connections open on the document.
@@ -502,16 +496,7 @@ impl YjsDocSession {
     /// Sends an edit the server made itself (already applied to the document, see
     /// [`YDoc::author_map`]) to every connection, and appends it to the log.
     pub fn publish(&mut self, update: Vec<u8>, out: &mut Vec<Output>) {
-        let frame = frame_of(Message::Sync(SyncMessage::Update(&update)));
-        out.push(Output::Append {
-            update: Bytes::from(update),
-        });
-        for c in &self.conns {
-            out.push(Output::Send {
-                conn: c.id,
-                frame: frame.clone(),
-            });
-        }
+        self.append_and_send_to_all(Bytes::from(update), out);
     }
 }
 
