@@ -425,3 +425,90 @@ pub fn check_frames(data: &[u8]) {
         }
     }
 }
+
+/// Limits small enough for inputs to reach.
+pub const WIRE_LIMITS: crate::room_protocol::WireLimits = crate::room_protocol::WireLimits {
+    message_bytes_max: 8 << 10,
+    type_bytes_max: 64,
+    header_bytes_max: 4 << 10,
+    json_depth_max: 8,
+    assembling_max: 3,
+    assembling_bytes_max: 12 << 10,
+};
+
+/// Splits `data` into room-protocol packets (each prefixed by its length, two bytes big-endian)
+/// and feeds them to
+/// an [`Assembler`](crate::room_protocol::Assembler) until the first error. Nothing may panic;
+/// the assembler never holds more than its limits; every message it completes re-encodes into
+/// packets that assemble to the same message; every payload that decodes re-encodes to one that
+/// decodes to the same header and trailer, and content read from it round-trips.
+pub fn check_room_protocol(data: &[u8]) {
+    use crate::room_protocol::{encode_message, Assembler, Content, Payload};
+    let limits = WIRE_LIMITS;
+    let mut a = Assembler::new(limits);
+    let mut rest = data;
+    while rest.len() >= 2 {
+        let len = (u16::from_be_bytes([rest[0], rest[1]]) as usize).min(rest.len() - 2);
+        let (packet, tail) = rest[2..].split_at(len);
+        rest = tail;
+        let message = match a.push(packet) {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                assert!(
+                    a.assembling() <= limits.assembling_max,
+                    "too many assembling"
+                );
+                assert!(
+                    a.held_bytes() <= limits.assembling_bytes_max,
+                    "too many bytes held"
+                );
+                continue;
+            }
+            Err(_) => return,
+        };
+        assert!(message.data.len() <= limits.message_bytes_max);
+        let mut again = Assembler::new(limits);
+        let mut out = None;
+        for p in encode_message(message.id, &message.kind, &message.data) {
+            out = match again.push(&p) {
+                Ok(m) => m,
+                Err(e) => panic!("re-encoded packets do not assemble: {e}"),
+            };
+        }
+        assert_eq!(
+            out.as_ref(),
+            Some(&message),
+            "message changed through packets"
+        );
+        let Ok(payload) = Payload::decode(&message.data, &limits) else {
+            continue;
+        };
+        let header = serde_json::Value::Object(payload.header.clone());
+        let encoded = Bytes::from(Payload::encode(&header, &payload.trailer));
+        let decoded = match Payload::decode(&encoded, &limits) {
+            Ok(d) => d,
+            Err(e) => panic!("a re-encoded payload does not decode: {e}"),
+        };
+        assert_eq!(decoded.header, payload.header);
+        assert_eq!(decoded.trailer, payload.trailer);
+        if let Ok(content) = Content::from_parts(&payload.header, payload.trailer.clone()) {
+            let back = match Payload::decode(&Bytes::from(content.encode()), &limits) {
+                Ok(b) => b,
+                Err(e) => panic!("encoded content does not decode: {e}"),
+            };
+            let again = match Content::from_parts(&back.header, back.trailer) {
+                Ok(a) => a,
+                Err(e) => panic!("encoded content does not parse: {e}"),
+            };
+            if !matches!(
+                content,
+                Content::Control(crate::room_protocol::Control::Close {
+                    status_code: None,
+                    ..
+                })
+            ) {
+                assert_eq!(again, content, "content changed through a round trip");
+            }
+        }
+    }
+}

@@ -10,6 +10,7 @@ mod close;
 pub mod fuzzing;
 pub mod lib0;
 mod message;
+pub mod room_protocol;
 mod session;
 pub mod websocket;
 

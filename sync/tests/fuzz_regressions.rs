@@ -10,7 +10,10 @@ use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use roomd_sync::fuzzing::{check_apply, check_codec, check_frames, client_frame};
+use roomd_sync::fuzzing::{
+    check_apply, check_codec, check_frames, check_room_protocol, client_frame,
+};
+use roomd_sync::room_protocol::{encode_message, Payload};
 use roomd_sync::websocket::opcode;
 use roomd_sync::{Message, SyncMessage};
 use yrs::updates::decoder::Decode;
@@ -77,6 +80,27 @@ fn apply_inputs_pass() {
 #[test]
 fn frames_inputs_pass() {
     assert!(replay("frames", check_frames) > 0);
+}
+
+#[test]
+fn room_protocol_inputs_pass() {
+    assert!(replay("room_protocol", check_room_protocol) > 0);
+}
+
+/// A `room_protocol` input: every packet of each message, each prefixed by its length.
+fn packets_input(messages: &[(u64, &str, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (id, kind, data) in messages {
+        for p in encode_message(*id, kind, data) {
+            out.extend_from_slice(&(p.len() as u16).to_be_bytes());
+            out.extend_from_slice(&p);
+        }
+    }
+    out
+}
+
+fn payload(header: serde_json::Value, trailer: &[u8]) -> Vec<u8> {
+    Payload::encode(&header, trailer)
 }
 
 /// A `frames` input: bytes split in chunks of `chunk`, then the frames.
@@ -280,6 +304,107 @@ fn seeds() -> BTreeMap<(&'static str, &'static str), Vec<u8>> {
                 client_frame(true, opcode::CLOSE, &[0x03, 0xE8]),
             ],
         ),
+    );
+    let meta = serde_json::json!({"v": 1, "otel": {}});
+    seeds.insert(
+        ("room_protocol", "invoke-sync-open"),
+        packets_input(&[
+            (
+                1,
+                "room.invoke_tool",
+                payload(
+                    serde_json::json!({"toolkit": "sync", "tool": "open", "participant_id": null,
+                        "on_behalf_of_id": null, "arguments": {"type": "control", "method": "open"},
+                        "tool_call_id": "a1", "__meshagent__": meta}),
+                    b"",
+                ),
+            ),
+            (
+                2,
+                "room.tool_call_request_chunk",
+                payload(
+                    serde_json::json!({"tool_call_id": "a1", "chunk": {"type": "binary",
+                        "headers": {"kind": "start", "path": "notes/plan.doc", "create": true,
+                        "vector": null, "schema": null}}, "__meshagent__": meta}),
+                    b"",
+                ),
+            ),
+            (
+                3,
+                "room.tool_call_request_chunk",
+                payload(
+                    serde_json::json!({"tool_call_id": "a1", "chunk": {"type": "binary",
+                        "headers": {"kind": "sync"}}}),
+                    &vec![b'A'; 2500],
+                ),
+            ),
+        ]),
+    );
+    seeds.insert(
+        ("room_protocol", "every-content"),
+        packets_input(&[
+            (
+                4,
+                "__response__",
+                payload(
+                    serde_json::json!({"type": "json", "json": {"a": [1, 2]}}),
+                    b"",
+                ),
+            ),
+            (
+                5,
+                "__response__",
+                payload(serde_json::json!({"type": "text", "text": "hi"}), b""),
+            ),
+            (
+                6,
+                "__response__",
+                payload(
+                    serde_json::json!({"type": "file", "name": "f", "mime_type": "text/plain"}),
+                    b"data",
+                ),
+            ),
+            (
+                7,
+                "__response__",
+                payload(
+                    serde_json::json!({"type": "link", "name": "n", "url": "u"}),
+                    b"",
+                ),
+            ),
+            (
+                8,
+                "__response__",
+                payload(serde_json::json!({"type": "empty"}), b""),
+            ),
+            (
+                9,
+                "__response__",
+                payload(
+                    serde_json::json!({"type": "error", "text": "no", "code": 1003}),
+                    b"",
+                ),
+            ),
+            (
+                10,
+                "__response__",
+                payload(
+                    serde_json::json!({"type": "control", "method": "close", "status_code": 1000}),
+                    b"",
+                ),
+            ),
+            (
+                11,
+                "__response__",
+                payload(serde_json::json!({"type": "raw", "outputs": []}), b""),
+            ),
+            (
+                12,
+                "set_attributes",
+                payload(serde_json::json!({"color": "red"}), b""),
+            ),
+            (13, "messaging.enable", Vec::new()),
+        ]),
     );
     seeds
 }
