@@ -10,6 +10,7 @@ pub mod forbidden;
 pub mod ids;
 pub mod keys;
 pub mod participants;
+pub mod schema;
 pub mod scope;
 pub mod token;
 

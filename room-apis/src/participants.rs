@@ -16,8 +16,8 @@ use crate::token::Role;
 pub enum ParticipantKey {
     /// A token's participant: its name and role.
     Named {
-        /// The token's `name`.
-        name: String,
+        /// The token's `name` (shared: every connection of the participant holds its key).
+        name: std::sync::Arc<str>,
         /// The token's role.
         role: Role,
     },
@@ -157,7 +157,13 @@ impl Participants {
             doc: doc.clone(),
             since_ms: now_ms,
         };
-        self.by_conn.insert(conn, who.key.clone());
+        // The key the table holds already, when the participant is here: a connection then
+        // costs no copy of its name, however many it has.
+        let key = self
+            .by_key
+            .get_key_value(&who.key)
+            .map_or_else(|| who.key.clone(), |(k, _)| k.clone());
+        self.by_conn.insert(conn, key);
         if let Some(p) = self.by_key.get_mut(&who.key) {
             p.connections.insert(conn, connection);
             p.attributes = who.attributes.clone();
@@ -195,6 +201,22 @@ impl Participants {
         let p = self.by_key.remove(&key)?;
         self.by_id.remove(&p.id);
         Some(Change::Left(p))
+    }
+
+    /// Sets attributes of the participant of connection `conn` (a participant's own
+    /// `set_attributes`); returns its id. Its `name` stays the token's.
+    pub fn set_attributes(
+        &mut self,
+        conn: u64,
+        attributes: &serde_json::Map<String, serde_json::Value>,
+    ) -> Option<String> {
+        let p = self.by_key.get_mut(self.by_conn.get(&conn)?)?;
+        for (k, v) in attributes {
+            if k != "name" {
+                p.attributes.insert(k.clone(), v.clone());
+            }
+        }
+        Some(p.id.clone())
     }
 
     /// The participant with id `id`.

@@ -175,7 +175,7 @@ impl Caller {
         match self {
             Caller::ProjectKey { key, .. } => Who {
                 key: ParticipantKey::Named {
-                    name: format!("api-key {key}"),
+                    name: format!("api-key {key}").into(),
                     role: Role::Tool,
                 },
                 name: format!("api-key {key}"),
@@ -193,7 +193,7 @@ impl Caller {
             },
             Caller::Token(v) => Who {
                 key: ParticipantKey::Named {
-                    name: v.claims.name.clone(),
+                    name: v.claims.name.as_str().into(),
                     role: v.claims.role(),
                 },
                 name: v.claims.name.clone(),

@@ -1,0 +1,268 @@
+//! MeshSchemas: the shape of a MeshDocument, in the JSON form the MeshAgent SDKs read
+//! (`MeshSchema.from_json` of `meshagent/api/schema.py`), and the schemas roomd ships.
+//!
+//! A MeshDocument is a Yjs document whose `xml` root type holds the children of the schema's
+//! root element; each element is an XML element with a `$id` attribute, its values are
+//! attributes, and its children follow its one child property. The SDK refuses a tag its
+//! schema does not define, so every document roomd serves over the room protocol comes with a
+//! schema: the one the client gives, else the builtin named by the path's extension
+//! (`notes.thread` → `thread`), else [`DEFAULT_SCHEMA`].
+
+use serde_json::{json, Map, Value};
+
+/// The schema of a document whose path names no builtin and whose client gives none.
+pub const DEFAULT_SCHEMA: &str = "document";
+
+/// A property of an element.
+#[derive(Debug, Clone, Copy)]
+pub enum Prop {
+    /// A value: `string`, `number`, `boolean` or `null`; optional unless `required`.
+    Value {
+        /// The attribute's name.
+        name: &'static str,
+        /// Its type.
+        ty: &'static str,
+        /// It must be present.
+        required: bool,
+    },
+    /// The element's children: elements with these tags, in any order.
+    Children {
+        /// The property's name.
+        name: &'static str,
+        /// The tags allowed.
+        tags: &'static [&'static str],
+    },
+}
+
+/// An element type.
+#[derive(Debug, Clone, Copy)]
+pub struct Element {
+    /// Its tag.
+    pub tag: &'static str,
+    /// What it is for.
+    pub description: &'static str,
+    /// Its properties.
+    pub props: &'static [Prop],
+}
+
+const fn text(name: &'static str) -> Prop {
+    Prop::Value {
+        name,
+        ty: "string",
+        required: false,
+    }
+}
+
+const fn number(name: &'static str) -> Prop {
+    Prop::Value {
+        name,
+        ty: "number",
+        required: false,
+    }
+}
+
+const fn flag(name: &'static str) -> Prop {
+    Prop::Value {
+        name,
+        ty: "boolean",
+        required: false,
+    }
+}
+
+const BLOCKS: &[&str] = &[
+    "heading",
+    "paragraph",
+    "item",
+    "code",
+    "quote",
+    "image",
+    "block",
+];
+
+/// `document`: a permissive text document, blocks one after another.
+const DOCUMENT: &[Element] = &[
+    Element {
+        tag: "document",
+        description: "a document: blocks one after another",
+        props: &[Prop::Children {
+            name: "children",
+            tags: BLOCKS,
+        }],
+    },
+    Element {
+        tag: "heading",
+        description: "a heading of a level from 1 to 6",
+        props: &[text("text"), number("level")],
+    },
+    Element {
+        tag: "paragraph",
+        description: "a paragraph of text",
+        props: &[text("text")],
+    },
+    Element {
+        tag: "item",
+        description: "an item of a list, checked or not",
+        props: &[text("text"), flag("checked"), number("indent")],
+    },
+    Element {
+        tag: "code",
+        description: "a block of code",
+        props: &[text("text"), text("language")],
+    },
+    Element {
+        tag: "quote",
+        description: "a quotation",
+        props: &[text("text"), text("source")],
+    },
+    Element {
+        tag: "image",
+        description: "an image by URL",
+        props: &[text("url"), text("alt")],
+    },
+    Element {
+        tag: "block",
+        description: "any other block: its kind, its text and data as JSON text",
+        props: &[text("kind"), text("text"), text("data")],
+    },
+];
+
+/// The schemas roomd ships, by name.
+pub fn builtin(name: &str) -> Option<Value> {
+    match name {
+        "document" => Some(schema_json("document", DOCUMENT)),
+        _ => None,
+    }
+}
+
+/// The names of the builtin schemas.
+pub const BUILTINS: &[&str] = &["document"];
+
+/// The schema of the document at `path` when its client names none: the builtin named by the
+/// path's extension, else the default.
+pub fn for_path(path: &str) -> (String, Value) {
+    let last = path.rsplit('/').next().unwrap_or(path);
+    if let Some((_, ext)) = last.rsplit_once('.') {
+        if let Some(schema) = builtin(ext) {
+            return (ext.to_string(), schema);
+        }
+    }
+    (
+        DEFAULT_SCHEMA.to_string(),
+        schema_json(DEFAULT_SCHEMA, DOCUMENT),
+    )
+}
+
+/// Checks the outline of a schema a client gives: `$root_tag_ref` naming one of its `$defs`,
+/// each an element type of the form [`schema_json`] writes. The SDK's own checks go further;
+/// this keeps what roomd hands to other clients readable by them.
+pub fn check(schema: &Value) -> Result<(), String> {
+    let root = schema
+        .get("$root_tag_ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix("#/$defs/"))
+        .ok_or("a schema needs `$root_tag_ref` of the form #/$defs/<tag>")?;
+    let defs = schema
+        .get("$defs")
+        .and_then(Value::as_object)
+        .ok_or("a schema needs `$defs`")?;
+    if !defs.contains_key(root) {
+        return Err(format!("the root tag {root} is not in `$defs`"));
+    }
+    for (tag, def) in defs {
+        let props = def
+            .get("properties")
+            .and_then(|p| p.get(tag.as_str()))
+            .and_then(|t| t.get("properties"))
+            .and_then(Value::as_object);
+        if props.is_none() {
+            return Err(format!("element {tag} has no properties object"));
+        }
+    }
+    Ok(())
+}
+
+fn element_json(e: &Element) -> Value {
+    let mut props = Map::new();
+    let mut required = Vec::new();
+    for p in e.props {
+        match *p {
+            Prop::Value {
+                name,
+                ty,
+                required: r,
+            } => {
+                let ty = if r { json!(ty) } else { json!([ty, "null"]) };
+                props.insert(name.into(), json!({ "type": ty }));
+                required.push(name);
+            }
+            Prop::Children { name, tags } => {
+                let refs: Vec<Value> = tags
+                    .iter()
+                    .map(|t| json!({ "$ref": format!("#/$defs/{t}") }))
+                    .collect();
+                props.insert(
+                    name.into(),
+                    json!({ "type": "array", "items": { "anyOf": refs } }),
+                );
+                required.push(name);
+            }
+        }
+    }
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": [e.tag],
+        "description": e.description,
+        "properties": {
+            e.tag: {
+                "type": "object",
+                "additionalProperties": false,
+                "required": required,
+                "properties": props,
+            }
+        }
+    })
+}
+
+/// A schema in the SDK's JSON form: `$root_tag_ref`, the root element's own form, and `$defs`.
+pub fn schema_json(root: &str, elements: &[Element]) -> Value {
+    let mut defs = Map::new();
+    let mut root_json = Value::Null;
+    for e in elements {
+        let j = element_json(e);
+        if e.tag == root {
+            root_json = j.clone();
+        }
+        defs.insert(e.tag.into(), j);
+    }
+    let mut out = Map::new();
+    out.insert("$root_tag_ref".into(), json!(format!("#/$defs/{root}")));
+    if let Value::Object(r) = root_json {
+        out.extend(r);
+    }
+    out.insert("$defs".into(), Value::Object(defs));
+    Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_path_extension_names_the_builtin_else_the_default() {
+        assert_eq!(for_path("notes/plan.doc").0, "document");
+        assert_eq!(for_path("a.document").0, "document");
+        assert_eq!(for_path("plain").0, "document");
+    }
+
+    #[test]
+    fn builtins_pass_their_own_check() {
+        for name in BUILTINS {
+            let s = builtin(name).unwrap();
+            check(&s).unwrap();
+            assert_eq!(s["$root_tag_ref"], json!(format!("#/$defs/{name}")));
+        }
+        assert!(check(&json!({"$defs": {}})).is_err());
+        assert!(check(&json!({"$root_tag_ref": "#/$defs/x", "$defs": {}})).is_err());
+    }
+}
