@@ -34,6 +34,11 @@ pub struct Limits {
     /// How long a connection may stay throttled without a pause before it is closed as a
     /// flood (default 10 s).
     pub conn_throttled_max: Duration,
+    /// How long a call to a participant's tool may wait for its answer (default 60 s); a
+    /// streamed answer, once open, has no limit.
+    pub tool_call_timeout: Duration,
+    /// Calls to participants' tools one connection may have waiting at once (default 64).
+    pub tool_calls_per_conn_max: usize,
 }
 
 impl Default for Limits {
@@ -51,6 +56,8 @@ impl Default for Limits {
             conn_messages_per_sec_max: 50_000,
             conn_messages_burst_max: 100_000,
             conn_throttled_max: Duration::from_secs(10),
+            tool_call_timeout: Duration::from_secs(60),
+            tool_calls_per_conn_max: 64,
         }
     }
 }

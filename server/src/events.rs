@@ -42,6 +42,9 @@ pub enum EventKind {
     RestWrite,
     /// A participant that may only read sent an update that would change a document.
     UpdateRefused,
+    /// A participant wrote to the developer log (`developer.log`, `info`, `warning`, `error`
+    /// over the room protocol); the body holds its `type` and `data`.
+    DeveloperLog,
 }
 
 impl EventKind {
@@ -59,6 +62,7 @@ impl EventKind {
             EventKind::SlowReaderClosed => "connection.slow",
             EventKind::RestWrite => "rest.write",
             EventKind::UpdateRefused => "update.refused",
+            EventKind::DeveloperLog => "developer.log",
         }
     }
 }

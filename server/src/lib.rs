@@ -16,6 +16,7 @@ mod metrics;
 mod outbox;
 mod registry;
 mod room;
+mod room_socket;
 mod store;
 mod websocket;
 mod ws;

@@ -1,6 +1,7 @@
 //! One task per WebSocket connection: it reads frames into its room's inbox and writes the
 //! room's frames from its outbox, under a rate limit, with keep-alives.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -95,16 +96,75 @@ enum Exit {
     Gone,
 }
 
+/// What a connection speaks: how the frames it reads become commands for its room, and how the
+/// items the room queues for it become frames. The y-websocket endpoint and the room protocol
+/// share everything else: the socket, the rate limit, keep-alives, closing.
+pub trait Wire: Send {
+    /// Takes a binary frame from the peer: a command for the room when it completes one, or
+    /// the close the peer gets for invalid input.
+    fn frame(&mut self, conn: ConnId, frame: Bytes)
+        -> Result<Option<RoomCmd>, (CloseCode, String)>;
+    /// The command that tells the room the connection has gone.
+    fn leave(&self, conn: ConnId, closed: Option<(CloseCode, String)>) -> RoomCmd;
+    /// Turns what the room queued into the frames to write (as they are, by default).
+    fn outgoing(&mut self, _batch: &mut VecDeque<Bytes>) {}
+    /// A message sent with each keep-alive ping, for clients that ignore pings.
+    fn keepalive(&self) -> Option<Bytes> {
+        Some(keepalive_frame())
+    }
+}
+
+/// The y-websocket protocol: every frame is a message for the connection's document.
+#[derive(Debug)]
+pub struct YjsWire {
+    doc: Arc<str>,
+}
+
+impl Wire for YjsWire {
+    fn frame(
+        &mut self,
+        conn: ConnId,
+        frame: Bytes,
+    ) -> Result<Option<RoomCmd>, (CloseCode, String)> {
+        Ok(Some(RoomCmd::Frame {
+            doc: self.doc.clone(),
+            conn,
+            frame,
+        }))
+    }
+
+    fn leave(&self, conn: ConnId, closed: Option<(CloseCode, String)>) -> RoomCmd {
+        RoomCmd::Leave {
+            doc: self.doc.clone(),
+            conn,
+            closed,
+        }
+    }
+}
+
 /// Serves one WebSocket for document `doc` of room `room`, once the connection is upgraded.
+pub fn serve_socket(
+    upgrade: OnUpgrade,
+    app: Arc<App>,
+    joining: Arc<Joining>,
+) -> impl std::future::Future<Output = ()> + Send {
+    let wire = YjsWire {
+        doc: joining.doc.clone(),
+    };
+    serve(upgrade, app, joining, wire)
+}
+
+/// Serves one WebSocket speaking `wire`, once the connection is upgraded.
 ///
 /// Written as a function returning an `async move` block rather than an `async fn`: an async
 /// fn copies its arguments into locals, and they would take their space twice in the future
 /// every connection holds for its whole life.
 #[allow(clippy::manual_async_fn)]
-pub fn serve_socket(
+pub fn serve<W: Wire>(
     upgrade: OnUpgrade,
     app: Arc<App>,
     joining: Arc<Joining>,
+    mut wire: W,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
         let upgraded = match upgrade.await {
@@ -121,7 +181,7 @@ pub fn serve_socket(
         let metrics = &app.ctx.metrics;
         metrics.connections_open.inc();
         metrics.connections_total.inc();
-        let exit = join_and_run(&mut socket, &app, &joining).await;
+        let exit = join_and_run(&mut socket, &app, joining, &mut wire).await;
         if let Exit::Close(code, reason) = exit {
             close(&mut socket, &app, code, &reason).await;
         }
@@ -164,18 +224,29 @@ const REFUSED_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct Joining {
     /// The room.
     pub room: RoomKey,
-    /// The document.
+    /// The document; empty for a room-protocol connection, which opens documents as it goes.
     pub doc: Arc<str>,
     /// The participant it is.
     pub who: Arc<roomd_room_apis::participants::Identity>,
     /// It may read the document but not change it.
     pub read_only: bool,
+    /// What a room-protocol connection may do in the room (a y-websocket connection's access
+    /// is settled before it joins).
+    pub scope: Option<Box<roomd_room_apis::ApiScope>>,
+    /// The URL a room-protocol client connected to, as `room_ready` tells it.
+    pub url: String,
 }
 
 /// Joins the connection to its room and runs it until it ends; then leaves the room, saying why
-/// the server closes it, if it does.
-async fn join_and_run(socket: &mut WebSocket, app: &App, joining: &Arc<Joining>) -> Exit {
-    let (room, doc) = (&joining.room, &joining.doc);
+/// the server closes it, if it does. What it joined as is let go once joined: an idle connection
+/// keeps no copy of its identity.
+async fn join_and_run<W: Wire>(
+    socket: &mut WebSocket,
+    app: &App,
+    joining: Arc<Joining>,
+    wire: &mut W,
+) -> Exit {
+    let room = &joining.room;
     let limits = &app.ctx.config.limits;
     if app.ctx.metrics.connections_open.get() > limits.connections_max as i64 {
         return Exit::Close(
@@ -187,22 +258,23 @@ async fn join_and_run(socket: &mut WebSocket, app: &App, joining: &Arc<Joining>)
     let (outbox, rx) = Outbox::new(limits.outbox_messages_max, limits.outbox_bytes_max);
     // Boxed: joining happens once, and its future would otherwise take space in every idle
     // connection's.
-    let handle = match Box::pin(app.rooms.join(room, joining.clone(), conn, outbox)).await {
+    let joined = Box::pin(app.rooms.join(room, joining.clone(), conn, outbox)).await;
+    drop(joining);
+    let handle = match joined {
         Ok(handle) => handle,
         Err(JoinError::Refused(code, reason)) => return Exit::Close(code, reason),
         Err(JoinError::Unloading) => {
             return Exit::Close(CloseCode::TryAgain, "room unavailable".into())
         }
     };
-    let exit = run(socket, app, &handle.tx, doc, conn, rx).await;
-    let leave = RoomCmd::Leave {
-        doc: doc.clone(),
+    let exit = run(socket, app, &handle.tx, wire, conn, rx).await;
+    let leave = wire.leave(
         conn,
-        closed: match &exit {
+        match &exit {
             Exit::Close(code, reason) => Some((*code, reason.clone())),
             Exit::Gone => None,
         },
-    };
+    );
     if let Err(mpsc::error::TrySendError::Full(leave)) = handle.tx.try_send(leave) {
         let _ = Box::pin(handle.tx.send(leave)).await;
     }
@@ -232,11 +304,11 @@ async fn unless_closed<T>(
     }
 }
 
-async fn run(
+async fn run<W: Wire>(
     socket: &mut WebSocket,
     app: &App,
     room_tx: &mpsc::Sender<RoomCmd>,
-    doc: &Arc<str>,
+    wire: &mut W,
     conn: ConnId,
     mut rx: OutboxRx,
 ) -> Exit {
@@ -261,6 +333,7 @@ async fn run(
         let frame = match event {
             Event::Room(Wake::Close(code, reason)) => return Exit::Close(code, reason),
             Event::Room(Wake::Frames(mut batch)) => {
+                wire.outgoing(&mut batch);
                 if let Err(exit) = unless_closed(&rx, socket.send(opcode::BINARY, &mut batch)).await
                 {
                     return exit;
@@ -278,7 +351,8 @@ async fn run(
                 heard = false;
                 // Boxed, like every step taken at most once a keep-alive interval: the space
                 // is taken only while it runs, not in every idle connection's future.
-                if let Err(exit) = Box::pin(unless_closed(&rx, ping(socket))).await {
+                let keepalive = wire.keepalive();
+                if let Err(exit) = Box::pin(unless_closed(&rx, ping(socket, keepalive))).await {
                     return exit;
                 }
                 continue;
@@ -334,10 +408,10 @@ async fn run(
         }
         let Some(frame) = frame else { continue };
         app.ctx.metrics.frames_received_total.inc();
-        let cmd = RoomCmd::Frame {
-            doc: doc.clone(),
-            conn,
-            frame,
+        let cmd = match wire.frame(conn, frame) {
+            Ok(Some(cmd)) => cmd,
+            Ok(None) => continue,
+            Err((code, reason)) => return Exit::Close(code, reason),
         };
         let sent = match room_tx.try_send(cmd) {
             Ok(()) => Ok(()),
@@ -355,9 +429,12 @@ async fn run(
 }
 
 /// A WebSocket ping and a keep-alive message (clients that ignore pings still see traffic).
-async fn ping(socket: &mut WebSocket) -> std::io::Result<()> {
+async fn ping(socket: &mut WebSocket, keepalive: Option<Bytes>) -> std::io::Result<()> {
     socket.send_one(opcode::PING, Bytes::new()).await?;
-    socket.send_one(opcode::BINARY, keepalive_frame()).await
+    match keepalive {
+        Some(frame) => socket.send_one(opcode::BINARY, frame).await,
+        None => Ok(()),
+    }
 }
 
 /// Maps a read error to an exit: frames that break RFC 6455 and oversized messages get a close

@@ -797,3 +797,185 @@ pub async fn run_python(script: &str, args: &[&str]) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// A room-protocol client on a raw socket, speaking the wire format as the MeshAgent SDKs do:
+/// for tests that need what the stock SDK does not give (acknowledgements, exact frames).
+pub struct RoomProtoClient {
+    ws: Ws,
+    assembler: roomd_sync::room_protocol::Assembler,
+    next_id: u64,
+    /// Its participant's id, from `connected`.
+    pub participant_id: String,
+    /// The room's session, from `room_ready`.
+    pub session_id: String,
+}
+
+impl std::fmt::Debug for RoomProtoClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoomProtoClient")
+            .field("participant_id", &self.participant_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A whole message a [`RoomProtoClient`] received.
+#[derive(Debug)]
+pub struct ProtoMessage {
+    /// Its id.
+    pub id: u64,
+    /// Its type.
+    pub kind: String,
+    /// Its header, without `__meshagent__`.
+    pub header: serde_json::Map<String, serde_json::Value>,
+    /// Its trailer.
+    pub trailer: bytes::Bytes,
+}
+
+impl RoomProtoClient {
+    /// Connects to `ws://…/rooms/{room}` (with a bearer token, if any) and reads the
+    /// handshake: `room_ready`, then `connected`.
+    pub async fn connect(url: &str, token: Option<&str>) -> RoomProtoClient {
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = bearer
+            .as_deref()
+            .map(|b| vec![("authorization", b)])
+            .unwrap_or_default();
+        let (ws, _) = connect_with_headers(url, &headers).await;
+        let mut c = RoomProtoClient {
+            ws,
+            assembler: roomd_sync::room_protocol::Assembler::new(Default::default()),
+            next_id: 0,
+            participant_id: String::new(),
+            session_id: String::new(),
+        };
+        let ready = c.next().await;
+        assert_eq!(ready.kind, "room_ready");
+        c.session_id = ready.header["session_id"].as_str().unwrap().to_string();
+        let connected = c.next().await;
+        assert_eq!(connected.kind, "connected");
+        assert_eq!(connected.header["type"], "init");
+        c.participant_id = connected.header["participantId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        c
+    }
+
+    /// Sends a message; returns its id.
+    pub async fn send(&mut self, kind: &str, header: serde_json::Value, trailer: &[u8]) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        let data = roomd_sync::room_protocol::Payload::encode(&header, trailer);
+        for p in roomd_sync::room_protocol::encode_message(id, kind, &data) {
+            self.ws
+                .send(Message::Binary(p.to_vec().into()))
+                .await
+                .unwrap();
+        }
+        id
+    }
+
+    /// The next whole message (fails after [`WAIT`], or if the server closes).
+    pub async fn next(&mut self) -> ProtoMessage {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("no message in time")
+                .expect("connection ended")
+                .expect("connection failed");
+            let Message::Binary(packet) = msg else {
+                if let Message::Close(f) = msg {
+                    panic!("server closed the connection: {f:?}");
+                }
+                continue;
+            };
+            if let Some(m) = self.assembler.push(&packet).expect("a valid packet") {
+                let p = roomd_sync::room_protocol::Payload::decode(&m.data, &Default::default())
+                    .expect("a valid payload");
+                return ProtoMessage {
+                    id: m.id,
+                    kind: m.kind,
+                    header: p.header,
+                    trailer: p.trailer,
+                };
+            }
+        }
+    }
+
+    /// Invokes a tool with JSON arguments (or a stream, for `control{open}`); returns the
+    /// answer's content header. Other messages meanwhile are skipped.
+    pub async fn invoke(
+        &mut self,
+        toolkit: &str,
+        tool: &str,
+        tool_call_id: &str,
+        arguments: serde_json::Value,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let id = self
+            .send(
+                "room.invoke_tool",
+                serde_json::json!({"toolkit": toolkit, "tool": tool, "tool_call_id": tool_call_id,
+                    "participant_id": null, "on_behalf_of_id": null, "arguments": arguments}),
+                b"",
+            )
+            .await;
+        loop {
+            let m = self.next().await;
+            if m.kind == "__response__" && m.id == id {
+                return m.header;
+            }
+        }
+    }
+
+    /// Opens document `path` with `sync.open` (asking for acknowledgements if `ack`); returns
+    /// the call's id and the state the server sent, decoded from base64.
+    pub async fn open_doc(&mut self, path: &str, ack: bool) -> (String, Vec<u8>) {
+        use base64::Engine as _;
+        let call = format!("open-{path}-{}", self.next_id + 1);
+        let answer = self
+            .invoke(
+                "sync",
+                "open",
+                &call,
+                serde_json::json!({"type": "control", "method": "open"}),
+            )
+            .await;
+        assert_eq!(answer["type"], "control", "{answer:?}");
+        self.send(
+            "room.tool_call_request_chunk",
+            serde_json::json!({"tool_call_id": call, "chunk": {"type": "binary", "headers": {
+                "kind": "start", "path": path, "create": true, "vector": null, "schema": null,
+                "schema_path": null, "initial_json": null, "ack": ack}}}),
+            b"",
+        )
+        .await;
+        let state = self.next_chunk(&call).await;
+        assert_eq!(state.0["headers"]["kind"], "state", "{state:?}");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&state.1)
+            .unwrap();
+        (call, bytes)
+    }
+
+    /// Sends a v1 update on an open document.
+    pub async fn sync(&mut self, call: &str, update: &[u8]) {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(update);
+        self.send(
+            "room.tool_call_request_chunk",
+            serde_json::json!({"tool_call_id": call, "chunk": {"type": "binary", "headers": {"kind": "sync"}}}),
+            b64.as_bytes(),
+        )
+        .await;
+    }
+
+    /// The next chunk of call `call`: its content header and trailer.
+    pub async fn next_chunk(&mut self, call: &str) -> (serde_json::Value, bytes::Bytes) {
+        loop {
+            let m = self.next().await;
+            if m.kind == "room.tool_call_response_chunk" && m.header["tool_call_id"] == call {
+                return (m.header["chunk"].clone(), m.trailer);
+            }
+        }
+    }
+}

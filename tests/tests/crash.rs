@@ -323,3 +323,74 @@ async fn a_rest_update_reaches_an_editor_live_and_survives_kill_9() {
     assert_eq!(c.text("t"), "durable before answered");
     child.kill().await.unwrap();
 }
+
+/// Over the room protocol, an update acknowledged as durable (the `ack` extension of
+/// `sync.open`) is never lost, whenever the process is killed: 20 `kill -9` cycles, each killed
+/// right after an acknowledgement with more updates racing the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_room_protocol_updates_survive_kill_9() {
+    use yrs::updates::decoder::Decode;
+    use yrs::{GetString, Text, Transact};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut acknowledged = String::new();
+    for cycle in 0..CYCLES {
+        let port = free_port();
+        let extra: &[&str] = if cycle % 2 == 1 {
+            &["--compact-log-bytes", "64"]
+        } else {
+            &[]
+        };
+        let mut child = spawn_with(&data, port, extra).await;
+        let url = format!("ws://127.0.0.1:{port}/rooms/acks");
+        let mut c = roomd_tests::RoomProtoClient::connect(&url, None).await;
+        let (call, state) = c.open_doc("doc", true).await;
+        let doc = yrs::Doc::with_client_id(5_000 + cycle as u64);
+        let text = doc.get_or_insert_text("t");
+        doc.transact_mut()
+            .apply_update(yrs::Update::decode_v1(&state).unwrap())
+            .unwrap();
+        let now = text.get_string(&doc.transact());
+        assert!(
+            now.starts_with(&acknowledged),
+            "cycle {cycle}: acknowledged updates are missing after kill -9:\n  had {acknowledged:?}\n  got {now:?}"
+        );
+        // Whatever raced the last kill and survived is the base now.
+        let mut expected = now;
+        for i in 0..UPDATES_PER_CYCLE {
+            let piece = format!("[{cycle}.{i}]");
+            let update = {
+                let mut txn = doc.transact_mut();
+                let at = text.len(&txn);
+                text.insert(&mut txn, at, &piece);
+                txn.encode_update_v1()
+            };
+            expected.push_str(&piece);
+            c.sync(&call, &update).await;
+        }
+        loop {
+            let (chunk, _) = c.next_chunk(&call).await;
+            let headers = &chunk["headers"];
+            if headers["kind"] == "ack" && headers["updates"] == UPDATES_PER_CYCLE as u64 {
+                break;
+            }
+        }
+        acknowledged = expected;
+        // More updates that race with the kill: they may or may not survive, and must not harm.
+        for i in 0..10 {
+            let update = {
+                let mut txn = doc.transact_mut();
+                let at = text.len(&txn);
+                text.insert(&mut txn, at, &format!("<{cycle}.{i}>"));
+                txn.encode_update_v1()
+            };
+            c.sync(&call, &update).await;
+        }
+        child.kill().await.unwrap();
+    }
+    let port = free_port();
+    let mut child = spawn(&data, port).await;
+    let c = YClient::connect(&format!("ws://127.0.0.1:{port}/v1/rooms/acks/yjs/doc"), 9).await;
+    assert!(c.text("t").starts_with(&acknowledged));
+    child.kill().await.unwrap();
+}

@@ -20,7 +20,8 @@ use crate::App;
 /// Events read from the store at once, at most (a page's largest size too).
 const BATCH_MAX: usize = 256;
 
-fn event_json(e: &EventRecord) -> serde_json::Value {
+/// An event as readers see it.
+pub(crate) fn event_json(e: &EventRecord) -> serde_json::Value {
     serde_json::json!({
         "id": e.id,
         "time": rfc3339(e.time_ms),

@@ -4,6 +4,7 @@
 mod admin;
 pub use admin::parse_ttl;
 mod events;
+pub(crate) use events::event_json;
 mod rooms;
 
 use std::net::SocketAddr;
@@ -36,7 +37,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             code,
@@ -44,7 +49,7 @@ impl ApiError {
         }
     }
 
-    fn bad_request(message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
@@ -68,7 +73,7 @@ impl ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
-    fn from_refusal(r: Refusal) -> ApiError {
+    pub(crate) fn from_refusal(r: Refusal) -> ApiError {
         let code = match r {
             Refusal::Missing | Refusal::Unauthenticated(_) => "unauthorized",
             Refusal::Forbidden(_) => "forbidden",
@@ -94,6 +99,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/rooms/{room}/yjs/{*doc}", get(yjs_socket))
+        .route("/rooms/{room}", get(crate::room_socket::upgrade))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(app)
 }
@@ -120,7 +126,7 @@ fn routes(r: Router<Arc<App>>) -> Router<Arc<App>> {
     .route("/v1/rooms", get(rooms::list_rooms))
     .route(
         "/v1/rooms/{room}",
-        get(rooms::get_room).delete(rooms::delete_room),
+        get(room_or_socket).delete(rooms::delete_room),
     )
     .route("/v1/rooms/{room}/sessions", get(rooms::sessions))
     .route("/v1/rooms/{room}/participants", get(rooms::participants))
@@ -133,6 +139,17 @@ fn routes(r: Router<Arc<App>>) -> Router<Arc<App>> {
     )
     .route("/v1/rooms/{room}/events", get(events::page))
     .route("/v1/rooms/{room}/events/stream", get(events::stream))
+}
+
+/// `GET /v1/rooms/{room}`: a WebSocket upgrade is the room protocol, anything else reads the
+/// room over REST.
+async fn room_or_socket(State(app): State<Arc<App>>, request: Request) -> Response {
+    use axum::handler::Handler;
+    if crate::room_socket::is_upgrade(&request) {
+        crate::room_socket::upgrade.call(request, app).await
+    } else {
+        rooms::get_room.call(request, app).await
+    }
 }
 
 /// The router of the control socket: the REST routes, every request an operator's.
@@ -194,7 +211,12 @@ fn check_name(kind: &str, name: &str, bytes_max: usize) -> Result<(), ApiError> 
     Ok(())
 }
 
-fn check_room(room: &str) -> Result<(), ApiError> {
+/// Checks a document name as the y-websocket endpoint does; the message says what is wrong.
+pub(crate) fn check_doc_name(doc: &str) -> Result<(), String> {
+    check_name("document", doc, DOC_NAME_BYTES_MAX).map_err(|e| e.message)
+}
+
+pub(crate) fn check_room(room: &str) -> Result<(), ApiError> {
     check_name("room", room, ROOM_NAME_BYTES_MAX)?;
     if room.contains('/') {
         return Err(ApiError::bad_request("room name must not contain '/'"));
@@ -298,9 +320,19 @@ fn authenticate(
         .map_err(|r| refused(app, r, uri, peer, None))
 }
 
+/// [`authenticate`], answered as the JSON error of a refusal.
+pub(crate) fn authenticate_request(
+    app: &App,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+    peer: Option<SocketAddr>,
+) -> Result<Caller, ApiError> {
+    authenticate(app, headers, uri, peer).map_err(ApiError::from_refusal)
+}
+
 /// Records a refusal: metrics, the log, the failed-attempt count of the address, and, for a
 /// valid token refused in a room, that room's event log. Returns the refusal to answer.
-fn refused(
+pub(crate) fn refused(
     app: &App,
     refusal: Refusal,
     uri: &axum::http::Uri,
@@ -342,19 +374,7 @@ async fn yjs_socket(
 ) -> Result<Response, ApiError> {
     check_room(&room)?;
     check_name("document", &doc, DOC_NAME_BYTES_MAX)?;
-    let accept = crate::websocket::accept_key(request.headers())
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    if request
-        .extensions()
-        .get::<hyper::upgrade::OnUpgrade>()
-        .is_none()
-    {
-        return Err(ApiError::new(
-            StatusCode::UPGRADE_REQUIRED,
-            "bad_request",
-            "this connection cannot be upgraded",
-        ));
-    }
+    let accept = upgrade_accept(&request)?;
     let offered = presented(request.headers(), request.uri().query());
     let uri = request.uri().clone();
     let path = normalize_doc_path(&doc).to_string();
@@ -381,6 +401,8 @@ async fn yjs_socket(
                 doc: doc.into(),
                 who: caller.who(),
                 read_only: access.read_only || is_reserved(&path),
+                scope: None,
+                url: String::new(),
             });
             tokio::spawn(tracker.track_future(crate::ws::serve_socket(upgraded, app, joining)));
         }
@@ -394,6 +416,30 @@ async fn yjs_socket(
             )));
         }
     }
+    Ok(switching_protocols(accept, offered.subprotocol))
+}
+
+/// Checks a WebSocket upgrade request and returns its `Sec-WebSocket-Accept` value.
+pub(crate) fn upgrade_accept(request: &Request) -> Result<HeaderValue, ApiError> {
+    let accept = crate::websocket::accept_key(request.headers())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if request
+        .extensions()
+        .get::<hyper::upgrade::OnUpgrade>()
+        .is_none()
+    {
+        return Err(ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "bad_request",
+            "this connection cannot be upgraded",
+        ));
+    }
+    Ok(accept)
+}
+
+/// The answer that completes a WebSocket upgrade, echoing the subprotocol the token came in, if
+/// it did: a browser drops a connection whose offered subprotocol is not echoed.
+pub(crate) fn switching_protocols(accept: HeaderValue, subprotocol: Option<String>) -> Response {
     let mut response = (
         StatusCode::SWITCHING_PROTOCOLS,
         [
@@ -403,14 +449,10 @@ async fn yjs_socket(
         ],
     )
         .into_response();
-    // A browser drops a connection whose offered subprotocol is not echoed.
-    if let Some(protocol) = offered
-        .subprotocol
-        .and_then(|p| HeaderValue::from_str(&p).ok())
-    {
+    if let Some(protocol) = subprotocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
         response
             .headers_mut()
             .insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
     }
-    Ok(response)
+    response
 }

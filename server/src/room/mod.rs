@@ -2,6 +2,7 @@
 //! and is reached only through a bounded channel of [`RoomCmd`]s.
 
 mod presence;
+mod proto;
 mod rest;
 
 pub use rest::{DocFormat, DocRead, RestCmd, RestError};
@@ -61,6 +62,21 @@ pub enum RoomCmd {
         conn: ConnId,
         /// The code and reason the server closed it with, if it did.
         closed: Option<(CloseCode, String)>,
+    },
+    /// A whole message from a room-protocol connection.
+    Message {
+        /// The connection.
+        conn: ConnId,
+        /// The message (boxed: commands are small, and most are frames).
+        message: Box<roomd_sync::room_protocol::RawMessage>,
+    },
+    /// Acknowledge the first `n` updates of a room-protocol document stream once durable
+    /// (queued behind them while their document loads).
+    Ack {
+        /// The stream.
+        stream: ConnId,
+        /// Its updates acknowledged.
+        n: u64,
     },
     /// A request of the REST API.
     Rest(RestCmd),
@@ -123,6 +139,8 @@ pub struct Room {
     participants: Participants,
     /// Changes of participants not shown yet.
     presence: presence::PendingPresence,
+    /// Room-protocol connections and the documents they opened.
+    sockets: proto::Sockets,
 }
 
 impl std::fmt::Debug for Room {
@@ -163,6 +181,7 @@ impl Room {
             session: presence::Session::new(),
             participants: Participants::default(),
             presence: presence::PendingPresence::default(),
+            sockets: proto::Sockets::default(),
         }
     }
 
@@ -196,12 +215,21 @@ impl Room {
         // its peer was heard since the last one, and pings it.
         let period = self.ctx.config.keepalive_interval;
         let mut keepalive = tokio::time::interval_at(Instant::now() + period, period);
+        // Followed only while acknowledgements are owed.
+        let mut durable = self.ctx.durable_watch();
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let no_conns = self.outboxes.is_empty();
             let presence_due = self.presence.due;
             let presence = async move {
                 match presence_due {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let call_due = self.next_call_deadline();
+            let calls = async move {
+                match call_due {
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
@@ -243,6 +271,13 @@ impl Room {
                     self.install(doc, state).await;
                 }
                 () = presence => self.publish_presence(),
+                () = calls => self.expire_calls(),
+                changed = durable.changed(), if self.acks_owed() => {
+                    if changed.is_ok() {
+                        let seq = *durable.borrow_and_update();
+                        self.send_acks(seq);
+                    }
+                }
                 _ = &mut idle, if no_conns => {
                     // Fold and flush everything while still registered, then leave the
                     // registry and turn away joins that raced with the unload.
@@ -343,11 +378,23 @@ impl Room {
                 outbox,
                 reply,
             } => {
-                let result = self.join_participant(&joining, conn, outbox).await;
+                let result = if joining.doc.is_empty() {
+                    self.join_socket(&joining, conn, outbox)
+                } else {
+                    self.join_participant(&joining, conn, outbox).await
+                };
                 let _ = reply.send(result);
+            }
+            RoomCmd::Ack { stream, n } => self.owe_ack(stream, n),
+            RoomCmd::Message { conn, message } => {
+                let limits = crate::room_socket::wire_limits(&self.ctx.config.limits);
+                Box::pin(self.socket_message(conn, *message, limits)).await;
             }
             RoomCmd::Frame { doc, conn, frame } => {
                 self.receive_frames(&doc, &[(conn, frame)]).await;
+            }
+            RoomCmd::Leave { doc, conn, closed } if doc.is_empty() => {
+                self.leave_socket(conn, closed.as_ref());
             }
             RoomCmd::Leave { doc, conn, closed } => {
                 if self.outboxes.remove(&conn).is_some() || closed.is_some() {
@@ -611,11 +658,23 @@ impl Room {
     /// last storage write issued, if any: what is stored is durable once it is.
     fn carry_out(&mut self, doc: &Arc<str>, out: Vec<Output>) -> Option<WriteSeq> {
         let mut queue: VecDeque<Output> = out.into();
+        let message_limits = self.session_limits().message;
         let mut compact = false;
         let mut written = None;
         let mut created = false;
         while let Some(output) = queue.pop_front() {
             match output {
+                Output::Send { conn, frame } if proto::is_stream(conn) => {
+                    // A document stream of a room-protocol connection: what the session says
+                    // becomes the socket's messages, sent next.
+                    let (socket, messages) = self.sockets.translate(conn, &frame, message_limits);
+                    for frame in messages.into_iter().rev() {
+                        queue.push_front(Output::Send {
+                            conn: socket,
+                            frame,
+                        });
+                    }
+                }
                 Output::Send { conn, frame } => {
                     let Some(outbox) = self.outboxes.get(&conn) else {
                         continue;
@@ -664,7 +723,7 @@ impl Room {
                 Output::Refused { conn } => {
                     self.ctx.metrics.updates_refused_total.inc();
                     tracing::info!(room = %self.name, %doc, conn = conn.0, "update refused: the participant may only read this document");
-                    let who = self.event_participant(conn);
+                    let who = self.event_participant(self.sockets.owner(conn));
                     self.ctx.emit(
                         &self.key,
                         EventKind::UpdateRefused,

@@ -161,7 +161,7 @@ impl Room {
 
     /// Marks participant `id` as changed: `.room/participants` shows it as it is (or no longer)
     /// at the next [`Room::publish_presence`], at most [`PRESENCE_DELAY`] from now.
-    fn publish_participant(&mut self, id: &str) {
+    pub(super) fn publish_participant(&mut self, id: &str) {
         self.presence.dirty.insert(id.to_string());
         self.presence
             .due

@@ -1,0 +1,317 @@
+//! The room protocol with the stock MeshAgent Python SDK (`meshagent-api` 0.56): SDK clients
+//! share documents with each other and with y-websocket editors through one room core; refused
+//! tokens get HTTP errors before the upgrade; hostile packets close only their sender.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use futures_util::{SinkExt, StreamExt};
+use roomd_room_apis::{ApiKey, ApiScope, Claims, Grant, Role};
+use roomd_sync::room_protocol::{encode_message, Payload};
+use roomd_sync::{CloseCode, Message as YMessage, SyncMessage};
+use roomd_tests::{connect_with_headers, TestServer, YClient};
+use tokio_tungstenite::tungstenite::Message;
+use yrs::{Transact, Xml, XmlElementPrelim, XmlFragment};
+
+const ROOM: &str = "agents";
+
+fn token_for(key: &ApiKey, name: &str, room: &str, api: ApiScope) -> String {
+    let mut c = Claims::new(name);
+    c.grants = vec![
+        Grant::Room(room.into()),
+        Grant::Role(Role::Agent),
+        Grant::Api(api),
+    ];
+    c.project = Some(key.project);
+    c.key = Some(key.id);
+    c.exp = Some(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+            + 3600,
+    );
+    roomd_room_apis::mint(&c, &key.secret).unwrap()
+}
+
+async fn secured() -> (TestServer, ApiKey) {
+    let server = TestServer::start().await;
+    let key = ApiKey::parse(&server.create_key("default").await).unwrap();
+    (server, key)
+}
+
+/// The `text` attributes of the paragraphs of a Yjs document's `xml` root, in order.
+fn paragraphs(c: &YClient) -> Vec<String> {
+    let xml = c.doc.get_or_insert_xml_fragment("xml");
+    let txn = c.doc.transact();
+    xml.children(&txn)
+        .filter_map(|n| n.into_xml_element())
+        .filter_map(|e| e.get_attribute(&txn, "text").map(|v| v.to_string(&txn)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sdk_clients_and_a_yjs_editor_share_one_document() {
+    let (server, key) = secured().await;
+    let alice = token_for(&key, "alice", ROOM, ApiScope::agent_default());
+    let bob = token_for(&key, "bob", ROOM, ApiScope::agent_default());
+    let editor = token_for(&key, "editor", ROOM, ApiScope::user_default());
+    let path = "notes/plan.doc";
+    let mut y = YClient::connect_authorized(&server.doc_url(ROOM, path), &editor, 7).await;
+    let update = {
+        let xml = y.doc.get_or_insert_xml_fragment("xml");
+        let mut txn = y.doc.transact_mut();
+        let p = xml.push_back(&mut txn, XmlElementPrelim::empty("paragraph"));
+        p.insert_attribute(&mut txn, "$id", "from-the-editor");
+        p.insert_attribute(&mut txn, "text", "editor 0");
+        txn.encode_update_v1()
+    };
+    y.send(YMessage::Sync(SyncMessage::Update(&update))).await;
+    y.round_trip().await;
+
+    let base = format!("ws://{}", server.addr());
+    let out = roomd_tests::run_python(
+        "room_sync.py",
+        &[&base, ROOM, path, &alice, &bob, "20", "1"],
+    )
+    .await;
+    let seen: Vec<String> = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(seen.len(), 41, "{seen:?}");
+    assert!(seen.contains(&"editor 0".to_string()));
+    for i in 0..20 {
+        assert!(seen.contains(&format!("alice {i}")));
+        assert!(seen.contains(&format!("bob {i}")));
+    }
+    // The y-websocket editor converges with the SDK clients, in the same order.
+    y.until(|c| paragraphs(c) == seen).await;
+    // And the document is the room's: a fresh editor loads the same.
+    let fresh = YClient::connect_authorized(&server.doc_url(ROOM, path), &editor, 8).await;
+    assert_eq!(paragraphs(&fresh), seen);
+    server.stop().await;
+}
+
+/// Sends one room-protocol message on a raw socket.
+async fn send_message(ws: &mut roomd_tests::Ws, id: u64, kind: &str, data: &[u8]) {
+    for p in encode_message(id, kind, data) {
+        ws.send(Message::Binary(p.to_vec().into())).await.unwrap();
+    }
+}
+
+/// Reads frames until the server closes; returns its close code.
+async fn close_code(ws: &mut roomd_tests::Ws) -> u16 {
+    roomd_tests::expect_close(ws).await.0
+}
+
+fn room_url(server: &TestServer, room: &str) -> String {
+    format!("ws://{}/rooms/{room}", server.addr())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_tokens_get_http_errors_before_the_upgrade() {
+    let (server, key) = secured().await;
+    let url = room_url(&server, ROOM);
+    let expect_status = |status: u16| {
+        move |r: Result<_, tokio_tungstenite::tungstenite::Error>| match r {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status().as_u16(), status);
+                let body = String::from_utf8(resp.body().clone().unwrap_or_default()).unwrap();
+                let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert!(json["error"]["code"].is_string(), "{body}");
+            }
+            Err(e) => panic!("expected HTTP {status}, got {e}"),
+            Ok(_) => panic!("expected HTTP {status}, the upgrade completed"),
+        }
+    };
+    let attempt = |headers: Vec<(&'static str, String)>| {
+        let url = url.clone();
+        async move {
+            let mut req =
+                tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                    url.as_str(),
+                )
+                .unwrap();
+            for (k, v) in headers {
+                req.headers_mut().insert(k, v.parse().unwrap());
+            }
+            tokio_tungstenite::connect_async(req).await.map(|_| ())
+        }
+    };
+    // No token, a forged one, one for another room.
+    expect_status(401)(attempt(vec![]).await);
+    expect_status(401)(attempt(vec![("authorization", "Bearer not.a.jwt".into())]).await);
+    let other = token_for(&key, "alice", "elsewhere", ApiScope::agent_default());
+    expect_status(403)(attempt(vec![("authorization", format!("Bearer {other}"))]).await);
+    // The right token upgrades.
+    let good = token_for(&key, "alice", ROOM, ApiScope::agent_default());
+    let (mut ws, _) =
+        connect_with_headers(&url, &[("authorization", &format!("Bearer {good}"))]).await;
+    // The first message is room_ready.
+    let first = ws.next().await.unwrap().unwrap();
+    let Message::Binary(header) = first else {
+        panic!("expected a packet, got {first:?}")
+    };
+    assert_eq!(&header[8..12], &[0, 0, 0, 0]);
+    assert_eq!(&header[16..], b"room_ready");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_packets_close_only_their_sender() {
+    let (server, key) = secured().await;
+    let url = room_url(&server, ROOM);
+    let good = token_for(&key, "alice", ROOM, ApiScope::agent_default());
+    let bearer = format!("Bearer {good}");
+    let headers = [("authorization", bearer.as_str())];
+
+    // An honest editor on a document, to check it is unharmed.
+    let editor = token_for(&key, "editor", ROOM, ApiScope::user_default());
+    let mut y = YClient::connect_authorized(&server.doc_url(ROOM, "d"), &editor, 3).await;
+
+    let cases: Vec<(&str, Vec<Vec<u8>>, CloseCode)> = vec![
+        (
+            "a data packet for no message",
+            vec![[&7u64.to_be_bytes()[..], &1u32.to_be_bytes()[..], b"xx"].concat()],
+            CloseCode::ProtocolError,
+        ),
+        (
+            "a packet count beyond the size limit",
+            vec![[
+                &1u64.to_be_bytes()[..],
+                &0u32.to_be_bytes()[..],
+                &u32::MAX.to_be_bytes()[..],
+                b"room.invoke_tool",
+            ]
+            .concat()],
+            CloseCode::TooLarge,
+        ),
+        (
+            "packets out of order",
+            {
+                let p = encode_message(2, "room.invoke_tool", &[0u8; 3000]);
+                vec![p[0].to_vec(), p[2].to_vec()]
+            },
+            CloseCode::ProtocolError,
+        ),
+        (
+            "a header that is not JSON",
+            encode_message(
+                3,
+                "room.invoke_tool",
+                &[&5u64.to_be_bytes()[..], b"{{{{{"].concat(),
+            )
+            .iter()
+            .map(|p| p.to_vec())
+            .collect(),
+            CloseCode::ProtocolError,
+        ),
+        (
+            "JSON nested too deep",
+            {
+                let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+                let json = format!("{{\"a\":{deep}}}");
+                let data = [&(json.len() as u64).to_be_bytes()[..], json.as_bytes()].concat();
+                encode_message(4, "room.invoke_tool", &data)
+                    .iter()
+                    .map(|p| p.to_vec())
+                    .collect()
+            },
+            CloseCode::ProtocolError,
+        ),
+        (
+            "a flood of half-assembled messages",
+            (0..100u64)
+                .map(|id| encode_message(id + 10, "x", &[0u8; 2000])[0].to_vec())
+                .collect(),
+            CloseCode::ProtocolError,
+        ),
+        (
+            "an empty type",
+            vec![[
+                &1u64.to_be_bytes()[..],
+                &0u32.to_be_bytes()[..],
+                &0u32.to_be_bytes()[..],
+            ]
+            .concat()],
+            CloseCode::ProtocolError,
+        ),
+    ];
+    for (what, packets, code) in cases {
+        let (mut ws, _) = connect_with_headers(&url, &headers).await;
+        for p in packets {
+            if ws.send(Message::Binary(p.into())).await.is_err() {
+                break;
+            }
+        }
+        assert_eq!(close_code(&mut ws).await, code.code(), "{what}");
+    }
+    // Unknown message types and tools are answered with errors, not closes.
+    let (mut ws, _) = connect_with_headers(&url, &headers).await;
+    let req = Payload::encode(
+        &serde_json::json!({"toolkit": "nope", "tool": "x", "tool_call_id": "t",
+            "arguments": {"type": "empty"}}),
+        b"",
+    );
+    send_message(&mut ws, 1, "room.invoke_tool", &req).await;
+    let mut assembler = roomd_sync::room_protocol::Assembler::new(Default::default());
+    let answer = loop {
+        let Message::Binary(b) = ws.next().await.unwrap().unwrap() else {
+            continue;
+        };
+        if let Some(m) = assembler.push(&b).unwrap() {
+            if m.kind == "__response__" {
+                break m;
+            }
+        }
+    };
+    assert_eq!(answer.id, 1);
+    let p = Payload::decode(&answer.data, &Default::default()).unwrap();
+    assert_eq!(p.header["type"], "error");
+    assert_eq!(p.header["code"], 1003);
+
+    // The honest editor is unharmed and the server healthy.
+    y.insert("t", 0, "still here").await;
+    y.round_trip().await;
+    assert_eq!(y.text("t"), "still here");
+    assert_eq!(server.get("/healthz").await.0, 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_clients_message_each_other_see_presence_and_follow_the_developer_log() {
+    let (server, key) = secured().await;
+    let alice = token_for(&key, "alice", ROOM, ApiScope::agent_default());
+    let bob = token_for(&key, "bob", ROOM, ApiScope::agent_default());
+    let base = format!("ws://{}", server.addr());
+    let out = roomd_tests::run_python("room_messaging.py", &[&base, ROOM, &alice, &bob]).await;
+    assert_eq!(out.trim(), "ok");
+    // What alice logged is in the room's event log, read over REST too.
+    let (status, body) = server
+        .json(
+            "GET",
+            &format!("/v1/rooms/{ROOM}/events?limit=256"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let logged = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "developer.log")
+        .cloned()
+        .unwrap_or_else(|| panic!("no developer.log event in {body}"));
+    assert_eq!(logged["body"]["type"], "deploy");
+    assert_eq!(logged["body"]["data"]["version"], 3);
+    assert_eq!(logged["participant"]["name"], "alice");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sdk_client_hosts_a_toolkit_that_another_calls() {
+    let (server, key) = secured().await;
+    let host = token_for(&key, "calculator", ROOM, ApiScope::agent_default());
+    let caller = token_for(&key, "caller", ROOM, ApiScope::agent_default());
+    let base = format!("ws://{}", server.addr());
+    let out = roomd_tests::run_python("room_tools.py", &[&base, ROOM, &host, &caller]).await;
+    assert_eq!(out.trim(), "ok");
+    server.stop().await;
+}
