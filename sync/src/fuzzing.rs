@@ -323,6 +323,9 @@ impl Room {
                         "a refusal for {conn:?}, which is not open"
                     );
                 }
+                Output::Authors { first, more } => {
+                    assert!(!more.contains(&first), "an author named twice");
+                }
             }
         }
     }

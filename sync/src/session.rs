@@ -65,6 +65,15 @@ pub enum Output {
         /// The v1 update, exactly as accepted.
         update: Bytes,
     },
+    /// Who sent the update of the [`Output::Append`] just before: the sends that follow
+    /// forward it (or, merged, the updates of several connections). Not emitted for updates
+    /// that came from no connection (the REST API, the server's own edits).
+    Authors {
+        /// The sender (the first, when merged).
+        first: ConnId,
+        /// The other senders of a merged update, in order, without repeats.
+        more: Vec<ConnId>,
+    },
     /// Close `conn` with `code`; the session has already forgotten it.
     Disconnect {
         /// The connection to close.
@@ -292,6 +301,10 @@ impl YjsDocSession {
                     out.push(Output::Append {
                         update: frame.slice_ref(update),
                     });
+                    out.push(Output::Authors {
+                        first: conn,
+                        more: Vec::new(),
+                    });
                     let is_plain_update = matches!(msg, Message::Sync(SyncMessage::Update(_)));
                     let forward = if single && is_plain_update {
                         frame.clone()
@@ -401,13 +414,25 @@ impl YjsDocSession {
         if run.len() > 1 {
             let parts: Vec<&[u8]> = run.iter().map(|(_, _, u)| u.as_ref()).collect();
             if let Some(merged) = YDoc::merge_updates(&parts) {
-                self.append_and_send_to_all(Bytes::from(merged), out);
+                let first = run[0].0;
+                let mut more: Vec<ConnId> = Vec::new();
+                for (c, _, _) in run.iter().skip(1) {
+                    if *c != first && !more.contains(c) {
+                        more.push(*c);
+                    }
+                }
+                let authors = Output::Authors { first, more };
+                self.append_and_send_to_all(Bytes::from(merged), Some(authors), out);
                 run.clear();
                 return;
             }
         }
         for (conn, frame, update) in run.drain(..) {
             out.push(Output::Append { update });
+            out.push(Output::Authors {
+                first: conn,
+                more: Vec::new(),
+            });
             self.broadcast(conn, frame.clone(), out);
         }
     }
@@ -472,14 +497,21 @@ impl YjsDocSession {
         if !applied.changed {
             return Ok(false);
         }
-        self.append_and_send_to_all(Bytes::copy_from_slice(update), out);
+        self.append_and_send_to_all(Bytes::copy_from_slice(update), None, out);
         Ok(true)
     }
 
-    /// Appends an update the document holds to the log and sends it to every connection.
-    fn append_and_send_to_all(&self, update: Bytes, out: &mut Vec<Output>) {
+    /// Appends an update the document holds to the log (with who sent it, if connections did)
+    /// and sends it to every connection.
+    fn append_and_send_to_all(
+        &self,
+        update: Bytes,
+        authors: Option<Output>,
+        out: &mut Vec<Output>,
+    ) {
         let frame = frame_of(Message::Sync(SyncMessage::Update(&update)));
         out.push(Output::Append { update });
+        out.extend(authors);
         for c in &self.conns {
             out.push(Output::Send {
                 conn: c.id,
@@ -496,7 +528,7 @@ impl YjsDocSession {
     /// Sends an edit the server made itself (already applied to the document, see
     /// [`YDoc::author_map`]) to every connection, and appends it to the log.
     pub fn publish(&mut self, update: Vec<u8>, out: &mut Vec<Output>) {
-        self.append_and_send_to_all(Bytes::from(update), out);
+        self.append_and_send_to_all(Bytes::from(update), None, out);
     }
 }
 

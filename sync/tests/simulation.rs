@@ -539,6 +539,7 @@ impl Sim {
             match o {
                 Output::Send { conn, frame } => self.transmit(Event::ToClient { conn, frame }),
                 Output::Append { update } => self.log.push(update),
+                Output::Authors { .. } => {}
                 Output::Disconnect { conn, code, reason } => {
                     panic!("the session closed {conn:?} with {code:?}: {reason}")
                 }

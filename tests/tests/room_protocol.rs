@@ -315,3 +315,42 @@ async fn an_sdk_client_hosts_a_toolkit_that_another_calls() {
     assert_eq!(out.trim(), "ok");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_chunks_name_the_participant_whose_update_they_carry() {
+    let (server, key) = secured().await;
+    let agent = token_for(&key, "agent", ROOM, ApiScope::agent_default());
+    let editor = token_for(&key, "editor", ROOM, ApiScope::user_default());
+    let mut c = roomd_tests::RoomProtoClient::connect(&room_url(&server, ROOM), Some(&agent)).await;
+    let (call, _) = c.open_doc("shared", false).await;
+    let mut y = YClient::connect_authorized(&server.doc_url(ROOM, "shared"), &editor, 4).await;
+    y.insert("t", 0, "by the editor").await;
+    let m = loop {
+        let m = c.next().await;
+        if m.kind == "room.tool_call_response_chunk" && m.header["tool_call_id"] == call.as_str() {
+            break m;
+        }
+    };
+    // The chunk's own headers are exactly what the stock SDK validates.
+    let headers = m.header["chunk"]["headers"].as_object().unwrap();
+    assert_eq!(headers.len(), 2, "{headers:?}");
+    assert_eq!(headers["kind"], "sync");
+    let (_, body) = server
+        .json(
+            "GET",
+            &format!("/v1/rooms/{ROOM}/participants"),
+            Some(&editor),
+            None,
+        )
+        .await;
+    let editor_id = body["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "editor")
+        .unwrap()["id"]
+        .clone();
+    assert_eq!(m.header["participants"], serde_json::json!([editor_id]));
+    assert_ne!(editor_id.as_str(), Some(c.participant_id.as_str()));
+    server.stop().await;
+}

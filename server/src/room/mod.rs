@@ -659,6 +659,8 @@ impl Room {
     fn carry_out(&mut self, doc: &Arc<str>, out: Vec<Output>) -> Option<WriteSeq> {
         let mut queue: VecDeque<Output> = out.into();
         let message_limits = self.session_limits().message;
+        // The participants whose update the sends that follow carry.
+        let mut authors: Option<Vec<String>> = None;
         let mut compact = false;
         let mut written = None;
         let mut created = false;
@@ -667,7 +669,9 @@ impl Room {
                 Output::Send { conn, frame } if proto::is_stream(conn) => {
                     // A document stream of a room-protocol connection: what the session says
                     // becomes the socket's messages, sent next.
-                    let (socket, messages) = self.sockets.translate(conn, &frame, message_limits);
+                    let (socket, messages) =
+                        self.sockets
+                            .translate(conn, &frame, message_limits, authors.as_deref());
                     for frame in messages.into_iter().rev() {
                         queue.push_front(Output::Send {
                             conn: socket,
@@ -699,7 +703,14 @@ impl Room {
                         Err(PushError::Gone) => {}
                     }
                 }
+                Output::Authors { first, more } => {
+                    // Named in the chunks that carry their update, to room-protocol streams.
+                    if self.sockets.has_streams() {
+                        authors = Some(self.author_ids(first, &more));
+                    }
+                }
                 Output::Append { update } => {
+                    authors = None;
                     let Some(d) = self.docs.get_mut(doc) else {
                         continue;
                     };

@@ -46,6 +46,10 @@ pub struct Sockets {
     /// Calls to hosted tools waiting for their answer or streaming it, by the host's socket and
     /// the message id roomd sent the call under.
     hosted: HashMap<(ConnId, u64), Hosted>,
+    /// The last update sent as base64, with the frame that holds it: one update forwarded to
+    /// many streams is encoded once. Holding the frame keeps its bytes alive, so a frame at the
+    /// same address with the same length is the same frame.
+    last_b64: Option<(Bytes, Bytes)>,
     /// Acknowledgements owed to document streams that asked for them: the write that must be
     /// durable first, the stream, and how many of its updates it acknowledges. In write order.
     acks: std::collections::VecDeque<(crate::store::WriteSeq, ConnId, u64)>,
@@ -59,6 +63,7 @@ impl Default for Sockets {
             next_stream: STREAM_BASE,
             toolkits: Vec::new(),
             hosted: HashMap::new(),
+            last_b64: None,
             acks: std::collections::VecDeque::new(),
         }
     }
@@ -147,13 +152,25 @@ fn chunk(id: u64, tool_call_id: &str, content: &Content) -> Bytes {
     )
 }
 
-fn binary(headers: Value, data: Vec<u8>) -> Content {
+/// A chunk naming the participants whose update it carries (an extension the stock SDK
+/// ignores: the top level of the header, beside `tool_call_id` and `chunk`).
+fn chunk_by(id: u64, tool_call_id: &str, content: &Content, authors: &[String]) -> Bytes {
+    let (chunk, trailer) = content.to_parts();
+    let header = json!({ "tool_call_id": tool_call_id, "chunk": chunk, "participants": authors });
+    queued_message(
+        id,
+        "room.tool_call_response_chunk",
+        &Payload::encode(&header, &trailer),
+    )
+}
+
+fn binary(headers: Value, data: Bytes) -> Content {
     Content::Binary {
         headers: match headers {
             Value::Object(m) => m,
             _ => Map::new(),
         },
-        data: data.into(),
+        data,
     }
 }
 
@@ -171,6 +188,7 @@ impl Sockets {
         stream: ConnId,
         frame: &Bytes,
         limits: MessageLimits,
+        authors: Option<&[String]>,
     ) -> (ConnId, Vec<Bytes>) {
         let none = (stream, Vec::new());
         let Some(d) = self.streams.get(&stream) else {
@@ -180,32 +198,46 @@ impl Sockets {
         let Ok(messages) = decode_frame(frame, limits) else {
             return none;
         };
-        let mut contents = Vec::new();
+        // Each content, and whether it carries the authors' update.
+        let mut contents: Vec<(Content, bool)> = Vec::new();
         let b64 = base64::engine::general_purpose::STANDARD;
         let Some(d) = self.streams.get_mut(&stream) else {
             return none;
+        };
+        let last_b64 = &mut self.last_b64;
+        let mut encode = |update: &[u8]| -> Bytes {
+            if let Some((f, b)) = last_b64.as_ref() {
+                if f.as_ptr() == frame.as_ptr() && f.len() == frame.len() {
+                    return b.clone();
+                }
+            }
+            let b = Bytes::from(b64.encode(update).into_bytes());
+            *last_b64 = Some((frame.clone(), b.clone()));
+            b
         };
         for m in messages {
             match m {
                 Message::Sync(SyncMessage::Step2(update)) if !d.state_sent => {
                     d.state_sent = true;
-                    contents.push(binary(
+                    let state = binary(
                         json!({ "kind": "state", "path": &*d.path, "schema": d.schema }),
-                        b64.encode(update).into_bytes(),
-                    ));
+                        b64.encode(update).into_bytes().into(),
+                    );
+                    contents.push((state, false));
                 }
                 // Whatever reached the document before its state was sent is in that state.
-                Message::Sync(SyncMessage::Step2(update) | SyncMessage::Update(update))
+                Message::Sync(m @ (SyncMessage::Step2(update) | SyncMessage::Update(update)))
                     if d.state_sent =>
                 {
-                    contents.push(binary(
-                        json!({ "kind": "sync", "path": &*d.path }),
-                        b64.encode(update).into_bytes(),
-                    ));
+                    let sync = binary(json!({ "kind": "sync", "path": &*d.path }), encode(update));
+                    contents.push((sync, matches!(m, SyncMessage::Update(_))));
                 }
-                Message::AuthDenied(reason) => contents.push(Content::error(
-                    ErrorCode::PermissionDenied,
-                    format!("update refused: {reason}"),
+                Message::AuthDenied(reason) => contents.push((
+                    Content::error(
+                        ErrorCode::PermissionDenied,
+                        format!("update refused: {reason}"),
+                    ),
+                    false,
                 )),
                 _ => {}
             }
@@ -213,12 +245,20 @@ impl Sockets {
         let tool_call_id = d.tool_call_id.clone();
         let messages = contents
             .iter()
-            .map(|c| {
+            .map(|(c, authored)| {
                 let id = self.next_id(socket);
-                chunk(id, &tool_call_id, c)
+                match authors.filter(|_| *authored) {
+                    Some(authors) => chunk_by(id, &tool_call_id, c, authors),
+                    None => chunk(id, &tool_call_id, c),
+                }
             })
             .collect();
         (socket, messages)
+    }
+
+    /// True while some room-protocol connection has a document open.
+    pub fn has_streams(&self) -> bool {
+        !self.streams.is_empty()
     }
 
     /// The connection that stands for `conn` among participants: its socket for a document
@@ -229,6 +269,20 @@ impl Sockets {
 }
 
 impl Room {
+    /// The ids of the participants of connections `first` and `more` (a document stream
+    /// stands for its socket), without repeats.
+    pub(super) fn author_ids(&self, first: ConnId, more: &[ConnId]) -> Vec<String> {
+        let mut ids: Vec<String> = Vec::with_capacity(1 + more.len());
+        for c in std::iter::once(first).chain(more.iter().copied()) {
+            if let Some(p) = self.participants.of_conn(self.sockets.owner(c).0) {
+                if !ids.contains(&p.id) {
+                    ids.push(p.id.clone());
+                }
+            }
+        }
+        ids
+    }
+
     /// Queues a message on a socket; a socket that cannot take it is closed as too slow.
     fn send_socket(&mut self, conn: ConnId, message: Bytes) {
         let Some(s) = self.sockets.sockets.get(&conn) else {
@@ -751,7 +805,7 @@ impl Room {
             let (socket, tool_call_id) = (d.socket, d.tool_call_id.clone());
             let ack = binary(
                 json!({ "kind": "ack", "path": &*d.path, "updates": n }),
-                Vec::new(),
+                Bytes::new(),
             );
             self.send_chunk(socket, &tool_call_id, &ack);
         }
@@ -975,7 +1029,10 @@ fn log_chunk(e: &crate::store::EventRecord) -> Content {
         Value::Object(_) => data,
         other => json!({ "value": other }),
     };
-    binary(json!({ "type": kind }), data.to_string().into_bytes())
+    binary(
+        json!({ "type": kind }),
+        data.to_string().into_bytes().into(),
+    )
 }
 
 /// Events a `developer.logs` follower reads at once.
