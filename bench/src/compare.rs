@@ -62,40 +62,56 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// Runs a `roomd` admin command and returns what it printed.
+async fn roomd_command(
+    what: &'static str,
+    cmd: &mut tokio::process::Command,
+) -> anyhow::Result<String> {
+    let output = cmd
+        .stdin(Stdio::null())
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .map_err(|e| anyhow::anyhow!("running roomd {what}: {e}"))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "roomd {what} failed: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
 /// Puts an API key in the roomd store at `data_dir` (which turns its authentication on) and
-/// mints a participant token with it, both with the `roomd` binary's own commands, as an
-/// operator would. The token is valid for an hour, in room [`ROOM`], with the `user` preset.
-pub async fn roomd_token(programs: &Programs, data_dir: &Path) -> anyhow::Result<String> {
-    let run = |what: &'static str, cmd: &mut tokio::process::Command| {
-        let output = cmd.stdin(Stdio::null()).env("RUST_LOG", "warn").output();
-        async move {
-            let output = output
-                .await
-                .map_err(|e| anyhow::anyhow!("running roomd {what}: {e}"))?;
-            anyhow::ensure!(
-                output.status.success(),
-                "roomd {what} failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-            Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
-        }
-    };
-    let key = run(
+/// returns it, with the `roomd` binary's own command, as an operator would.
+pub async fn roomd_key(programs: &Programs, data_dir: &Path) -> anyhow::Result<String> {
+    roomd_command(
         "key create",
         tokio::process::Command::new(&programs.roomd)
             .args(["key", "create", "--project", "default", "--data-dir"])
             .arg(data_dir),
     )
-    .await?;
+    .await
+}
+
+/// Mints a participant token named `name` with `key`: valid for an hour, in room [`ROOM`],
+/// with the `user` preset.
+pub async fn roomd_mint(programs: &Programs, key: &str, name: &str) -> anyhow::Result<String> {
     // The key goes by the environment, which other users cannot read, not the command line.
-    run(
+    roomd_command(
         "token",
         tokio::process::Command::new(&programs.roomd)
-            .args(["token", "--room", ROOM, "--name", "roomd-bench"])
+            .args(["token", "--room", ROOM, "--name", name])
             .args(["--preset", "user", "--ttl", "1h"])
             .env("ROOMD_API_KEY", key),
     )
     .await
+}
+
+/// Puts an API key in the roomd store at `data_dir` and mints a participant token with it
+/// (see [`roomd_key`] and [`roomd_mint`]).
+pub async fn roomd_token(programs: &Programs, data_dir: &Path) -> anyhow::Result<String> {
+    let key = roomd_key(programs, data_dir).await?;
+    roomd_mint(programs, &key, "roomd-bench").await
 }
 
 impl ServerProcess {
@@ -175,7 +191,12 @@ impl ServerProcess {
         }
         Ok(ServerProcess {
             child,
-            target: Target { kind, addr, token },
+            target: Target {
+                kind,
+                addr,
+                token,
+                room_protocol: false,
+            },
             pid,
         })
     }

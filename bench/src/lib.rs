@@ -8,6 +8,7 @@ pub mod peer;
 pub mod procstat;
 pub mod relay;
 pub mod render;
+pub mod room;
 pub mod scenarios;
 pub mod target;
 

@@ -156,6 +156,31 @@ enum Command {
         #[command(flatten)]
         trace: TraceArgs,
     },
+    /// The room protocol on a freshly started roomd with authentication on, in one run:
+    /// fan-out over it beside the y-websocket endpoint, a tool call's round trip between two
+    /// participants beside a bare WebSocket echo (the floor), and messaging broadcast.
+    RoomProtocol {
+        /// The roomd binary.
+        #[arg(long, default_value = "target/release/roomd")]
+        roomd: PathBuf,
+        /// Peers on the fan-out document.
+        #[arg(long, default_value_t = 100)]
+        peers: usize,
+        /// Of them, typing.
+        #[arg(long, default_value_t = 20)]
+        writers: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Tool calls made one after another.
+        #[arg(long, default_value_t = 2000)]
+        calls: usize,
+        /// Participants receiving each broadcast (besides its sender).
+        #[arg(long, default_value_t = 100)]
+        receivers: usize,
+        /// Messages broadcast, at 20 a second.
+        #[arg(long, default_value_t = 200)]
+        messages: usize,
+    },
     /// Times loading a stored document (run `replay` first, then restart the server).
     ColdLoad {
         #[command(flatten)]
@@ -180,7 +205,115 @@ fn target(s: &ServerArgs) -> Target {
         kind: s.server,
         addr: s.addr.clone(),
         token: s.token.clone(),
+        room_protocol: false,
     }
+}
+
+/// Starts a fresh roomd with an API key in its store; returns it, the key and the directory.
+async fn fresh_roomd(
+    programs: &compare::Programs,
+) -> anyhow::Result<(compare::ServerProcess, String, tempfile::TempDir)> {
+    let data = tempfile::tempdir()?;
+    let key = compare::roomd_key(programs, data.path()).await?;
+    let server = compare::ServerProcess::start(Kind::Roomd, programs, data.path(), None).await?;
+    Ok((server, key, data))
+}
+
+/// The `room-protocol` subcommand (see [`Command::RoomProtocol`]).
+async fn room_protocol(
+    roomd: PathBuf,
+    peers: usize,
+    writers: usize,
+    seconds: u64,
+    calls: usize,
+    receivers: usize,
+    messages: usize,
+) -> anyhow::Result<()> {
+    let programs = compare::Programs {
+        roomd,
+        peers: PathBuf::from("bench/peers"),
+    };
+    let p = Typing {
+        docs: 1,
+        peers,
+        writers,
+        rate: 6.0,
+        duration: Duration::from_secs(seconds),
+    };
+    let mut reports = Vec::new();
+    for room in [false, true] {
+        let (server, key, _data) = fresh_roomd(&programs).await?;
+        let token = compare::roomd_mint(&programs, &key, "bench").await?;
+        let target = Target {
+            token: Some(token),
+            room_protocol: room,
+            ..server.target.clone()
+        };
+        let name = if room {
+            "fanout-room-protocol"
+        } else {
+            "fanout-yjs"
+        };
+        let r = scenarios::typing(&target, name, &p, Some(server.pid)).await?;
+        r.print();
+        reports.push(r);
+        server.stop().await;
+    }
+    let (server, key, _data) = fresh_roomd(&programs).await?;
+    let target = Target {
+        room_protocol: true,
+        ..server.target.clone()
+    };
+    let host = compare::roomd_mint(&programs, &key, "host").await?;
+    let caller = compare::roomd_mint(&programs, &key, "caller").await?;
+    let r = roomd_bench::room::tool_calls(&target, Some(host), Some(caller), calls).await?;
+    r.print();
+    reports.push(r);
+    let mut tokens = Vec::with_capacity(receivers + 1);
+    for i in 0..=receivers {
+        tokens.push(Some(
+            compare::roomd_mint(&programs, &key, &format!("p{i}")).await?,
+        ));
+    }
+    let r = roomd_bench::room::broadcast(&target, tokens, messages, 20.0).await?;
+    r.print();
+    reports.push(r);
+    server.stop().await;
+    let fig = |r: &Report, name: &str| {
+        r.figures
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(f64::NAN, |(_, v)| *v)
+    };
+    println!("\n| | y-websocket endpoint | room protocol | ratio |\n|---|---:|---:|---:|");
+    for (label, name) in [
+        ("fan-out p50 (ms)", "latency_p50_ms"),
+        ("fan-out p99 (ms)", "latency_p99_ms"),
+    ] {
+        let (a, b) = (fig(&reports[0], name), fig(&reports[1], name));
+        println!("| {label} | {a:.2} | {b:.2} | {:.2} |", b / a);
+    }
+    let t = &reports[2];
+    println!("\n| | tool call | bare WebSocket echo | ratio |\n|---|---:|---:|---:|");
+    for q in ["p50", "p99"] {
+        let (a, b) = (
+            fig(t, &format!("tool_call_{q}_ms")),
+            fig(t, &format!("echo_floor_{q}_ms")),
+        );
+        println!("| round trip {q} (ms) | {a:.3} | {b:.3} | {:.2} |", a / b);
+    }
+    let b = &reports[3];
+    println!(
+        "\nbroadcast to {} participants: {} of {} delivered, p50 {:.2} ms, p99 {:.2} ms",
+        receivers,
+        fig(b, "deliveries"),
+        fig(b, "deliveries_expected"),
+        fig(b, "latency_p50_ms"),
+        fig(b, "latency_p99_ms")
+    );
+    let problems: usize = reports.iter().map(|r| r.problems.len()).sum();
+    anyhow::ensure!(problems == 0, "{problems} problem(s) during the run");
+    Ok(())
 }
 
 #[tokio::main]
@@ -246,6 +379,17 @@ async fn main() -> anyhow::Result<()> {
                 out.display()
             );
             return Ok(());
+        }
+        Command::RoomProtocol {
+            roomd,
+            peers,
+            writers,
+            seconds,
+            calls,
+            receivers,
+            messages,
+        } => {
+            return room_protocol(roomd, peers, writers, seconds, calls, receivers, messages).await;
         }
         Command::Fanout {
             server,

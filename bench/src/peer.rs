@@ -17,7 +17,7 @@ use crate::target::Target;
 const AWARENESS_RENEWAL: Duration = Duration::from_secs(15);
 
 /// Frames a peer may have queued for sending.
-const SEND_QUEUE_MAX: usize = 4096;
+pub(crate) const SEND_QUEUE_MAX: usize = 4096;
 
 /// Small buffers, as a browser's would be: tungstenite's default 128 KiB read buffer is
 /// zeroed on every read, which would make the generator, not the server, the bottleneck.
@@ -37,10 +37,10 @@ pub struct WireStats {
 /// A connected client.
 #[derive(Debug)]
 pub struct Peer {
-    tx: mpsc::Sender<Vec<u8>>,
-    target: Target,
-    doc: Arc<str>,
-    reader: tokio::task::JoinHandle<()>,
+    pub(crate) tx: mpsc::Sender<Vec<u8>>,
+    pub(crate) target: Target,
+    pub(crate) doc: Arc<str>,
+    pub(crate) reader: tokio::task::JoinHandle<()>,
 }
 
 /// Called with every update payload the peer receives.
@@ -56,6 +56,9 @@ impl Peer {
         stats: Arc<WireStats>,
         on_update: OnUpdate,
     ) -> anyhow::Result<Peer> {
+        if target.room_protocol {
+            return crate::room::connect_peer(target, doc, stats, on_update).await;
+        }
         let url = target.doc_url(doc);
         let (ws, _) = tokio::time::timeout(
             Duration::from_secs(30),
@@ -162,6 +165,13 @@ impl Peer {
 
     /// Sends a v1 update as a sync update message, waiting if the send queue is full.
     pub async fn send_update(&self, update: &[u8]) -> anyhow::Result<()> {
+        if self.target.room_protocol {
+            return self
+                .tx
+                .send(crate::room::sync_message(update))
+                .await
+                .map_err(|_| anyhow::anyhow!("connection closed"));
+        }
         let mut msg = Vec::with_capacity(update.len() + 6);
         write_var_u64(&mut msg, 0);
         write_var_u64(&mut msg, 2);

@@ -50,11 +50,17 @@ pub struct Target {
     /// The participant token every connection presents (`Authorization: Bearer`), for a
     /// roomd whose store holds an API key; `None` for a server that runs open.
     pub token: Option<String>,
+    /// Peers speak roomd's room protocol (`ws://HOST/rooms/bench`, documents opened with
+    /// `sync.open`) instead of the y-websocket protocol.
+    pub room_protocol: bool,
 }
 
 impl Target {
     /// The WebSocket URL of document `doc`.
     pub fn doc_url(&self, doc: &str) -> String {
+        if self.room_protocol {
+            return format!("ws://{}/rooms/{ROOM}", self.addr);
+        }
         match self.kind {
             Kind::Roomd => format!("ws://{}/v1/rooms/{ROOM}/yjs/{doc}", self.addr),
             Kind::YWebsocket | Kind::Hocuspocus => format!("ws://{}/{doc}", self.addr),

@@ -128,3 +128,55 @@ async fn a_roomd_with_a_key_refuses_clients_without_the_token() {
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     server.stop().await;
 }
+
+/// The room-protocol scenarios (fan-out over `sync.open`, tool calls, broadcast) complete with
+/// nothing lost against the real binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_room_protocol_scenarios_run_against_roomd() {
+    let programs = programs();
+    let data = tempfile::tempdir().unwrap();
+    let key = compare::roomd_key(&programs, data.path()).await.unwrap();
+    let server = ServerProcess::start(Kind::Roomd, &programs, data.path(), None)
+        .await
+        .unwrap();
+    let token = |name: &'static str| {
+        let (programs, key) = (&programs, &key);
+        async move { Some(compare::roomd_mint(programs, key, name).await.unwrap()) }
+    };
+    let target = roomd_bench::target::Target {
+        token: token("typist").await,
+        room_protocol: true,
+        ..server.target.clone()
+    };
+    let p = scenarios::Typing {
+        docs: 1,
+        peers: 5,
+        writers: 2,
+        rate: 6.0,
+        duration: Duration::from_secs(1),
+    };
+    let r = scenarios::typing(&target, "fanout-room-protocol", &p, Some(server.pid))
+        .await
+        .unwrap();
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    let ratio = r
+        .figures
+        .iter()
+        .find(|(n, _)| n == "delivery_ratio")
+        .unwrap()
+        .1;
+    assert_eq!(ratio, 1.0);
+    let r = roomd_bench::room::tool_calls(&target, token("host").await, token("caller").await, 20)
+        .await
+        .unwrap();
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    let mut tokens = Vec::new();
+    for name in ["p0", "p1", "p2", "p3"] {
+        tokens.push(token(name).await);
+    }
+    let r = roomd_bench::room::broadcast(&target, tokens, 10, 50.0)
+        .await
+        .unwrap();
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    server.stop().await;
+}
