@@ -930,7 +930,19 @@ impl RoomProtoClient {
     /// Opens document `path` with `sync.open` (asking for acknowledgements if `ack`); returns
     /// the call's id and the state the server sent, decoded from base64.
     pub async fn open_doc(&mut self, path: &str, ack: bool) -> (String, Vec<u8>) {
+        self.open_doc_from(path, None, ack).await
+    }
+
+    /// [`RoomProtoClient::open_doc`] for a client that holds the state `vector` (a v1 state
+    /// vector) already: the server sends what it lacks.
+    pub async fn open_doc_from(
+        &mut self,
+        path: &str,
+        vector: Option<&[u8]>,
+        ack: bool,
+    ) -> (String, Vec<u8>) {
         use base64::Engine as _;
+        let vector = vector.map(|v| base64::engine::general_purpose::STANDARD.encode(v));
         let call = format!("open-{path}-{}", self.next_id + 1);
         let answer = self
             .invoke(
@@ -944,7 +956,7 @@ impl RoomProtoClient {
         self.send(
             "room.tool_call_request_chunk",
             serde_json::json!({"tool_call_id": call, "chunk": {"type": "binary", "headers": {
-                "kind": "start", "path": path, "create": true, "vector": null, "schema": null,
+                "kind": "start", "path": path, "create": true, "vector": vector, "schema": null,
                 "schema_path": null, "initial_json": null, "ack": ack}}}),
             b"",
         )

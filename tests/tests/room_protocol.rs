@@ -354,3 +354,50 @@ async fn sync_chunks_name_the_participant_whose_update_they_carry() {
     assert_ne!(editor_id.as_str(), Some(c.participant_id.as_str()));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopening_with_a_state_vector_sends_only_what_is_missing() {
+    use yrs::updates::decoder::Decode;
+    use yrs::updates::encoder::Encode;
+    use yrs::{GetString, ReadTxn, Text};
+    let server = TestServer::start().await;
+    let url = room_url(&server, ROOM);
+    let mut a = roomd_tests::RoomProtoClient::connect(&url, None).await;
+    let (call, _) = a.open_doc("big", true).await;
+    let doc = yrs::Doc::with_client_id(11);
+    let text = doc.get_or_insert_text("t");
+    let big = "x".repeat(100_000);
+    let update = {
+        let mut txn = doc.transact_mut();
+        text.insert(&mut txn, 0, &big);
+        txn.encode_update_v1()
+    };
+    a.sync(&call, &update).await;
+    loop {
+        let (chunk, _) = a.next_chunk(&call).await;
+        if chunk["headers"]["kind"] == "ack" {
+            break;
+        }
+    }
+    // Another writer adds a little while this client is away.
+    let mut y = YClient::connect(&server.doc_url(ROOM, "big"), 12).await;
+    y.insert("t", 0, "new ").await;
+    y.round_trip().await;
+    drop(a);
+    let sv = doc.transact().state_vector().encode_v1();
+    let mut b = roomd_tests::RoomProtoClient::connect(&url, None).await;
+    let (_, state) = b.open_doc_from("big", Some(&sv), false).await;
+    assert!(
+        state.len() < 200,
+        "a client holding 100 kB was sent {} bytes",
+        state.len()
+    );
+    doc.transact_mut()
+        .apply_update(yrs::Update::decode_v1(&state).unwrap())
+        .unwrap();
+    assert_eq!(text.get_string(&doc.transact()), format!("new {big}"));
+    // Without a state vector, the whole document.
+    let (_, whole) = b.open_doc("big", false).await;
+    assert!(whole.len() > 100_000);
+    server.stop().await;
+}
