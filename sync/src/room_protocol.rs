@@ -337,21 +337,30 @@ impl Assembler {
 /// Cuts a message into its packets: the header packet, then the data packets.
 pub fn encode_message(id: u64, kind: &str, data: &[u8]) -> Vec<Bytes> {
     let count = data.len().div_ceil(PACKET_DATA_MAX);
-    let mut packets = Vec::with_capacity(count + 1);
-    let mut header = BytesMut::with_capacity(HEADER_PACKET_PREFIX + kind.len());
-    header.put_u64(id);
-    header.put_u32(0);
-    header.put_u32(count as u32);
-    header.extend_from_slice(kind.as_bytes());
-    packets.push(header.freeze());
+    // One buffer for every packet, sliced: one allocation per message.
+    let total = HEADER_PACKET_PREFIX + kind.len() + count * DATA_PACKET_PREFIX + data.len();
+    let mut b = BytesMut::with_capacity(total);
+    b.put_u64(id);
+    b.put_u32(0);
+    b.put_u32(count as u32);
+    b.extend_from_slice(kind.as_bytes());
+    let mut ends = Vec::with_capacity(count + 1);
+    ends.push(b.len());
     for (i, chunk) in data.chunks(PACKET_DATA_MAX).enumerate() {
-        let mut p = BytesMut::with_capacity(DATA_PACKET_PREFIX + chunk.len());
-        p.put_u64(id);
-        p.put_u32(i as u32 + 1);
-        p.extend_from_slice(chunk);
-        packets.push(p.freeze());
+        b.put_u64(id);
+        b.put_u32(i as u32 + 1);
+        b.extend_from_slice(chunk);
+        ends.push(b.len());
     }
-    packets
+    let all = b.freeze();
+    let mut start = 0;
+    ends.into_iter()
+        .map(|end| {
+            let p = all.slice(start..end);
+            start = end;
+            p
+        })
+        .collect()
 }
 
 /// A whole message as one buffer, `u32 type length | type | u64 id | data`, for queues that
@@ -362,6 +371,19 @@ pub fn queued_message(id: u64, kind: &str, data: &[u8]) -> Bytes {
     b.extend_from_slice(kind.as_bytes());
     b.put_u64(id);
     b.extend_from_slice(data);
+    b.freeze()
+}
+
+/// [`queued_message`] for a payload given as its parts, the JSON header already serialised:
+/// written straight into one buffer, for messages sent to many connections.
+pub fn queued_payload(id: u64, kind: &str, header_json: &[u8], trailer: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(20 + kind.len() + header_json.len() + trailer.len());
+    b.put_u32(kind.len() as u32);
+    b.extend_from_slice(kind.as_bytes());
+    b.put_u64(id);
+    b.put_u64(header_json.len() as u64);
+    b.extend_from_slice(header_json);
+    b.extend_from_slice(trailer);
     b.freeze()
 }
 

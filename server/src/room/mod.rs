@@ -660,7 +660,7 @@ impl Room {
         let mut queue: VecDeque<Output> = out.into();
         let message_limits = self.session_limits().message;
         // The participants whose update the sends that follow carry.
-        let mut authors: Option<Vec<String>> = None;
+        let mut authors: Option<String> = None;
         let mut compact = false;
         let mut written = None;
         let mut created = false;

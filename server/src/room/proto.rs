@@ -134,6 +134,18 @@ struct DocStream {
     ack: bool,
     /// The client's updates received so far.
     received: u64,
+    /// The start of every `sync` chunk's header, serialised once:
+    /// `{"tool_call_id":…,"chunk":{"type":"binary","headers":{"kind":"sync","path":…}}`.
+    sync_header: Arc<str>,
+}
+
+/// What a frame for a document stream becomes.
+enum Out {
+    /// A chunk of its own.
+    Chunk(Content),
+    /// A `sync` chunk with this base64 update; `authored` when it carries connections'
+    /// updates (the participants are named).
+    Sync { data: Bytes, authored: bool },
 }
 
 /// A `send` or `broadcast`: its arguments, the message and the attachment.
@@ -152,15 +164,34 @@ fn chunk(id: u64, tool_call_id: &str, content: &Content) -> Bytes {
     )
 }
 
-/// A chunk naming the participants whose update it carries (an extension the stock SDK
-/// ignores: the top level of the header, beside `tool_call_id` and `chunk`).
-fn chunk_by(id: u64, tool_call_id: &str, content: &Content, authors: &[String]) -> Bytes {
-    let (chunk, trailer) = content.to_parts();
-    let header = json!({ "tool_call_id": tool_call_id, "chunk": chunk, "participants": authors });
-    queued_message(
+/// The start of a `sync` chunk's header for call `tool_call_id` on document `path`.
+fn sync_header_of(tool_call_id: &str, path: &str) -> Arc<str> {
+    let chunk = json!({ "type": "binary", "headers": { "kind": "sync", "path": path } });
+    format!(
+        "{{\"tool_call_id\":{},\"chunk\":{}",
+        Value::from(tool_call_id),
+        chunk
+    )
+    .into()
+}
+
+/// A `sync` chunk carrying base64 update `data`, written straight into one buffer (one update
+/// goes to every stream of its document). When `authors` are given, the chunk names the
+/// participants whose update it carries: an extension the stock SDK ignores, at the top level of
+/// the header beside `tool_call_id` and `chunk`.
+fn sync_chunk(id: u64, header_start: &str, authors: Option<&str>, data: &[u8]) -> Bytes {
+    let mut header = String::with_capacity(header_start.len() + 64);
+    header.push_str(header_start);
+    if let Some(authors) = authors {
+        header.push_str(",\"participants\":");
+        header.push_str(authors);
+    }
+    header.push('}');
+    roomd_sync::room_protocol::queued_payload(
         id,
         "room.tool_call_response_chunk",
-        &Payload::encode(&header, &trailer),
+        header.as_bytes(),
+        data,
     )
 }
 
@@ -188,7 +219,7 @@ impl Sockets {
         stream: ConnId,
         frame: &Bytes,
         limits: MessageLimits,
-        authors: Option<&[String]>,
+        authors: Option<&str>,
     ) -> (ConnId, Vec<Bytes>) {
         let none = (stream, Vec::new());
         let Some(d) = self.streams.get(&stream) else {
@@ -198,8 +229,6 @@ impl Sockets {
         let Ok(messages) = decode_frame(frame, limits) else {
             return none;
         };
-        // Each content, and whether it carries the authors' update.
-        let mut contents: Vec<(Content, bool)> = Vec::new();
         let b64 = base64::engine::general_purpose::STANDARD;
         let Some(d) = self.streams.get_mut(&stream) else {
             return none;
@@ -215,6 +244,7 @@ impl Sockets {
             *last_b64 = Some((frame.clone(), b.clone()));
             b
         };
+        let mut out: Vec<Out> = Vec::new();
         for m in messages {
             match m {
                 Message::Sync(SyncMessage::Step2(update)) if !d.state_sent => {
@@ -223,33 +253,35 @@ impl Sockets {
                         json!({ "kind": "state", "path": &*d.path, "schema": d.schema }),
                         b64.encode(update).into_bytes().into(),
                     );
-                    contents.push((state, false));
+                    out.push(Out::Chunk(state));
                 }
                 // Whatever reached the document before its state was sent is in that state.
                 Message::Sync(m @ (SyncMessage::Step2(update) | SyncMessage::Update(update)))
                     if d.state_sent =>
                 {
-                    let sync = binary(json!({ "kind": "sync", "path": &*d.path }), encode(update));
-                    contents.push((sync, matches!(m, SyncMessage::Update(_))));
+                    out.push(Out::Sync {
+                        data: encode(update),
+                        authored: matches!(m, SyncMessage::Update(_)),
+                    });
                 }
-                Message::AuthDenied(reason) => contents.push((
-                    Content::error(
-                        ErrorCode::PermissionDenied,
-                        format!("update refused: {reason}"),
-                    ),
-                    false,
-                )),
+                Message::AuthDenied(reason) => out.push(Out::Chunk(Content::error(
+                    ErrorCode::PermissionDenied,
+                    format!("update refused: {reason}"),
+                ))),
                 _ => {}
             }
         }
-        let tool_call_id = d.tool_call_id.clone();
-        let messages = contents
+        let (tool_call_id, sync_header) = (d.tool_call_id.clone(), d.sync_header.clone());
+        let messages = out
             .iter()
-            .map(|(c, authored)| {
+            .map(|o| {
                 let id = self.next_id(socket);
-                match authors.filter(|_| *authored) {
-                    Some(authors) => chunk_by(id, &tool_call_id, c, authors),
-                    None => chunk(id, &tool_call_id, c),
+                match o {
+                    Out::Chunk(c) => chunk(id, &tool_call_id, c),
+                    Out::Sync { data, authored } => {
+                        let by = authors.filter(|_| *authored);
+                        sync_chunk(id, &sync_header, by, data)
+                    }
                 }
             })
             .collect();
@@ -270,8 +302,8 @@ impl Sockets {
 
 impl Room {
     /// The ids of the participants of connections `first` and `more` (a document stream
-    /// stands for its socket), without repeats.
-    pub(super) fn author_ids(&self, first: ConnId, more: &[ConnId]) -> Vec<String> {
+    /// stands for its socket), without repeats, as a JSON array.
+    pub(super) fn author_ids(&self, first: ConnId, more: &[ConnId]) -> String {
         let mut ids: Vec<String> = Vec::with_capacity(1 + more.len());
         for c in std::iter::once(first).chain(more.iter().copied()) {
             if let Some(p) = self.participants.of_conn(self.sockets.owner(c).0) {
@@ -280,7 +312,7 @@ impl Room {
                 }
             }
         }
-        ids
+        Value::from(ids).to_string()
     }
 
     /// Queues a message on a socket; a socket that cannot take it is closed as too slow.
@@ -713,6 +745,7 @@ impl Room {
                 state_sent: false,
                 ack: headers.get("ack").and_then(Value::as_bool).unwrap_or(false),
                 received: 0,
+                sync_header: sync_header_of(tool_call_id, &doc),
             },
         );
         if let Some(s) = self.sockets.sockets.get_mut(&conn) {
