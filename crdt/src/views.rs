@@ -123,6 +123,79 @@ impl YDoc {
     }
 }
 
+/// Elements deeper than this are left out of [`YDoc::mesh_json`] (a hostile document could nest
+/// without bound).
+const MESH_DEPTH_MAX: usize = 64;
+
+impl YDoc {
+    /// The `xml` root as a MeshDocument's JSON, as the MeshAgent SDKs write it
+    /// (`Element.to_json`): `{root_tag: {child: [...]}}`, each element `{tag: {attribute: value,
+    /// ..., child: [...]}}` without its `$id`, where `children_of(tag)` names the property that
+    /// holds an element's children (none: its children are not shown). Texts are left out.
+    pub fn mesh_json(
+        &self,
+        root_tag: &str,
+        children_of: &dyn Fn(&str) -> Option<String>,
+    ) -> serde_json::Value {
+        use yrs::XmlFragment;
+        let txn = self.doc.transact();
+        let mut root = serde_json::Map::new();
+        if let Some(prop) = children_of(root_tag) {
+            let children = match txn.get_xml_fragment("xml") {
+                Some(x) => x
+                    .children(&txn)
+                    .filter_map(|n| element_json(&txn, n, children_of, 1))
+                    .collect(),
+                None => Vec::new(),
+            };
+            root.insert(prop, serde_json::Value::Array(children));
+        }
+        let mut out = serde_json::Map::new();
+        out.insert(root_tag.to_string(), serde_json::Value::Object(root));
+        serde_json::Value::Object(out)
+    }
+}
+
+fn element_json<T: ReadTxn>(
+    txn: &T,
+    node: yrs::XmlOut,
+    children_of: &dyn Fn(&str) -> Option<String>,
+    depth: usize,
+) -> Option<serde_json::Value> {
+    use yrs::{Xml, XmlFragment};
+    let yrs::XmlOut::Element(e) = node else {
+        return None;
+    };
+    if depth > MESH_DEPTH_MAX {
+        return None;
+    }
+    let tag = e.tag().to_string();
+    let mut props = serde_json::Map::new();
+    for (name, value) in e.attributes(txn) {
+        if name != "$id" {
+            props.insert(name.to_string(), out_json(txn, &value));
+        }
+    }
+    if let Some(prop) = children_of(&tag) {
+        let children = e
+            .children(txn)
+            .filter_map(|n| element_json(txn, n, children_of, depth + 1))
+            .collect();
+        props.insert(prop, serde_json::Value::Array(children));
+    }
+    let mut out = serde_json::Map::new();
+    out.insert(tag, serde_json::Value::Object(props));
+    Some(serde_json::Value::Object(out))
+}
+
+/// An attribute's value as JSON (a shared type as its JSON form).
+fn out_json<T: ReadTxn>(txn: &T, value: &Out) -> serde_json::Value {
+    match value {
+        Out::Any(a) => any_to_json(a),
+        other => any_to_json(&other.to_json(txn)),
+    }
+}
+
 fn root_json<T: ReadTxn>(txn: &T, name: &str) -> serde_json::Value {
     if let Some(map) = txn.get_map(name) {
         if map.len(txn) > 0 {
@@ -248,6 +321,40 @@ mod tests {
         assert_eq!(doc.would_change(&[0, 0]), Ok(false));
         assert!(doc.would_change(&[0xff, 0xff]).is_err());
         assert_eq!(doc.text("t"), "llo");
+    }
+
+    #[test]
+    fn the_xml_root_reads_as_a_mesh_documents_json() {
+        use yrs::{Xml, XmlElementPrelim};
+        let client = Doc::with_client_id(3);
+        let update = {
+            let xml = client.get_or_insert_xml_fragment("xml");
+            let mut txn = client.transact_mut();
+            let p = xml.push_back(&mut txn, XmlElementPrelim::empty("paragraph"));
+            p.insert_attribute(&mut txn, "$id", "a");
+            p.insert_attribute(&mut txn, "text", "hello");
+            let l = xml.push_back(&mut txn, XmlElementPrelim::empty("list"));
+            let i = l.push_back(&mut txn, XmlElementPrelim::empty("item"));
+            i.insert_attribute(&mut txn, "checked", "yes");
+            xml.push_back(&mut txn, XmlTextPrelim::new("loose text"));
+            txn.encode_update_v1()
+        };
+        let mut doc = YDoc::new(DocLimits::default());
+        doc.apply_update(&update).unwrap();
+        let children =
+            |tag: &str| matches!(tag, "document" | "list").then(|| "children".to_string());
+        assert_eq!(
+            doc.mesh_json("document", &children),
+            serde_json::json!({"document": {"children": [
+                {"paragraph": {"text": "hello"}},
+                {"list": {"children": [{"item": {"checked": "yes"}}]}},
+            ]}})
+        );
+        let empty = YDoc::new(DocLimits::default());
+        assert_eq!(
+            empty.mesh_json("document", &children),
+            serde_json::json!({"document": {"children": []}})
+        );
     }
 
     #[test]

@@ -181,6 +181,30 @@ pub fn check(schema: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// The root tag of a schema in the SDK's JSON form.
+pub fn root_tag(schema: &Value) -> Option<&str> {
+    schema
+        .get("$root_tag_ref")?
+        .as_str()?
+        .strip_prefix("#/$defs/")
+}
+
+/// The property that holds the children of elements tagged `tag` (its one `array` property),
+/// if it has one.
+pub fn child_property(schema: &Value, tag: &str) -> Option<String> {
+    let props = schema
+        .get("$defs")?
+        .get(tag)?
+        .get("properties")?
+        .get(tag)?
+        .get("properties")?
+        .as_object()?;
+    props
+        .iter()
+        .find(|(_, p)| p.get("type").and_then(Value::as_str) == Some("array"))
+        .map(|(name, _)| name.clone())
+}
+
 fn element_json(e: &Element) -> Value {
     let mut props = Map::new();
     let mut required = Vec::new();
@@ -253,6 +277,15 @@ mod tests {
         assert_eq!(for_path("notes/plan.doc").0, "document");
         assert_eq!(for_path("a.document").0, "document");
         assert_eq!(for_path("plain").0, "document");
+    }
+
+    #[test]
+    fn the_child_property_is_found_by_tag() {
+        let s = builtin("document").unwrap();
+        assert_eq!(root_tag(&s), Some("document"));
+        assert_eq!(child_property(&s, "document").as_deref(), Some("children"));
+        assert_eq!(child_property(&s, "paragraph"), None);
+        assert_eq!(child_property(&s, "nope"), None);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 BASE_URL is ws://HOST:PORT (what MESHAGENT_ROOM_URL would hold). Each client opens PATH with
 `room.sync.open`, appends EDITS paragraphs, and waits until it sees every paragraph of both,
 plus EXPECT_EXTRA more that another client (a y-websocket editor) wrote; then both close. Prints
-the paragraph texts, in document order, as JSON on one line.
+the paragraph texts, in document order, as JSON on one line, then what `sync.describe` says of
+the document on another.
 """
 
 import asyncio
@@ -38,7 +39,9 @@ async def main() -> None:
         final = texts(da)
         await a.sync.close(path=path)
         await b.sync.close(path=path)
+        described = await b.sync.describe(path=path)
     print(json.dumps(final))
+    print(json.dumps(described))
 
 
 if __name__ == "__main__":

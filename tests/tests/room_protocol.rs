@@ -73,7 +73,17 @@ async fn two_sdk_clients_and_a_yjs_editor_share_one_document() {
         &[&base, ROOM, path, &alice, &bob, "20", "1"],
     )
     .await;
-    let seen: Vec<String> = serde_json::from_str(out.trim()).unwrap();
+    let mut lines = out.lines();
+    let seen: Vec<String> = serde_json::from_str(lines.next().unwrap()).unwrap();
+    // `sync.describe` gives the same paragraphs as the SDK's Document-JSON.
+    let described: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    let described: Vec<String> = described["document"]["children"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{described}"))
+        .iter()
+        .map(|c| c["paragraph"]["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(described, seen);
     assert_eq!(seen.len(), 41, "{seen:?}");
     assert!(seen.contains(&"editor 0".to_string()));
     for i in 0..20 {

@@ -513,6 +513,7 @@ impl Room {
         };
         let answer = match (toolkit.as_str(), tool.as_str()) {
             ("sync", "open") => self.sync_open(conn, &tool_call_id, &arguments),
+            ("sync", "describe") => self.sync_describe(conn, &arguments).await,
             ("messaging", "enable") => self.messaging_enable(conn, id),
             ("messaging", "disable") => self.messaging_disable(conn),
             ("messaging", "send") => self.messaging_deliver(conn, &arguments, false),
@@ -555,6 +556,46 @@ impl Room {
     ) -> Result<Option<Content>, Content> {
         self.open_call(conn, tool_call_id, arguments, "sync.open", Call::Sync(None))?;
         Ok(Some(Content::Control(Control::Open)))
+    }
+
+    /// `sync.describe` with `{path}`: the document as the SDK's Document-JSON, read through its
+    /// schema (the path's, as `sync.open` would serve it).
+    async fn sync_describe(
+        &mut self,
+        conn: ConnId,
+        arguments: &Content,
+    ) -> Result<Option<Content>, Content> {
+        let invalid = |m: &str| Content::error(ErrorCode::InvalidRequest, m);
+        let Content::Json(Value::Object(args)) = arguments else {
+            return Err(invalid("sync.describe takes JSON arguments"));
+        };
+        let path = args
+            .get("path")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid("sync.describe needs a path"))?;
+        let path = normalize_doc_path(path);
+        crate::http::check_doc_name(path).map_err(|e| invalid(&e))?;
+        let Some(s) = self.sockets.sockets.get(&conn) else {
+            return Ok(None);
+        };
+        s.scope
+            .doc_access(path)
+            .map_err(|f| Content::error(ErrorCode::PermissionDenied, f.to_string()))?;
+        let schema = roomd_room_apis::schema::for_path(path).1;
+        let root = roomd_room_apis::schema::root_tag(&schema)
+            .unwrap_or(roomd_room_apis::schema::DEFAULT_SCHEMA)
+            .to_string();
+        let doc: Arc<str> = path.into();
+        let not_found = || Content::error(ErrorCode::NotFound, format!("no document at {path}"));
+        let d = match self.doc_for_rest(&doc, false).await {
+            Ok(Some(d)) if !d.new => d,
+            Ok(_) => return Err(not_found()),
+            Err(e) => return Err(Content::error(ErrorCode::OperationFailed, e.to_string())),
+        };
+        let children = |tag: &str| roomd_room_apis::schema::child_property(&schema, tag);
+        Ok(Some(Content::Json(
+            d.session.doc().mesh_json(&root, &children),
+        )))
     }
 
     /// Opens streamed call `tool_call_id` (of tool `what`) on `conn`, if its input is a stream,

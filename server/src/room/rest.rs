@@ -160,7 +160,7 @@ impl Room {
 
     /// The document, loaded (waiting for it if a connection is loading it). `None` when it
     /// does not exist and `create` is false.
-    async fn doc_for_rest(
+    pub(super) async fn doc_for_rest(
         &mut self,
         doc: &Arc<str>,
         create: bool,
