@@ -156,6 +156,79 @@ impl YDoc {
     }
 }
 
+impl YDoc {
+    /// An update that appends the elements of Document-JSON `children` (`[{tag: {attribute:
+    /// value, ..., child: [...]}}, ...]`, the SDK's form) to the end of the `xml` root, made as
+    /// Yjs client `client_id` on top of this document's state. `children_of(tag)` names the
+    /// property holding an element's children; `new_id` gives each element its `$id` (unless
+    /// the JSON gives one). Apply the update like any other (it is validated and limited then).
+    /// `None` when the JSON is not of that form, or nests deeper than 64.
+    pub fn mesh_insert(
+        &self,
+        client_id: u64,
+        children: &[serde_json::Value],
+        children_of: &dyn Fn(&str) -> Option<String>,
+        new_id: &mut dyn FnMut() -> String,
+    ) -> Option<Vec<u8>> {
+        use yrs::XmlFragment;
+        let state = self
+            .doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let doc = Doc::with_options(yrs::Options {
+            client_id: ClientID::new(client_id),
+            ..server_options()
+        });
+        let mut txn = doc.transact_mut();
+        txn.apply_update(Update::decode_v1(&state).ok()?).ok()?;
+        let xml = txn.get_or_insert_xml_fragment("xml");
+        for child in children {
+            let at = xml.len(&txn);
+            insert_element(&mut txn, &xml, at, child, children_of, new_id, 1)?;
+        }
+        Some(txn.encode_update_v1())
+    }
+}
+
+fn insert_element<F: yrs::XmlFragment>(
+    txn: &mut yrs::TransactionMut,
+    parent: &F,
+    index: u32,
+    json: &serde_json::Value,
+    children_of: &dyn Fn(&str) -> Option<String>,
+    new_id: &mut dyn FnMut() -> String,
+    depth: usize,
+) -> Option<()> {
+    use yrs::{Xml, XmlElementPrelim};
+    if depth > MESH_DEPTH_MAX {
+        return None;
+    }
+    let object = json.as_object()?;
+    let (tag, props) = object.iter().next().filter(|_| object.len() == 1)?;
+    let props = props.as_object()?;
+    let element = parent.insert(txn, index, XmlElementPrelim::empty(tag.as_str()));
+    let child_prop = children_of(tag);
+    let id = props
+        .get("$id")
+        .and_then(serde_json::Value::as_str)
+        .map_or_else(&mut *new_id, str::to_string);
+    element.insert_attribute(txn, "$id", id);
+    for (name, value) in props {
+        if Some(name) == child_prop.as_ref() || name == "$id" {
+            continue;
+        }
+        element.insert_attribute(txn, name.as_str(), json_to_any(value));
+    }
+    if let Some(prop) = child_prop {
+        if let Some(children) = props.get(&prop).and_then(serde_json::Value::as_array) {
+            for (i, c) in children.iter().enumerate() {
+                insert_element(txn, &element, i as u32, c, children_of, new_id, depth + 1)?;
+            }
+        }
+    }
+    Some(())
+}
+
 fn element_json<T: ReadTxn>(
     txn: &T,
     node: yrs::XmlOut,
@@ -355,6 +428,36 @@ mod tests {
             empty.mesh_json("document", &children),
             serde_json::json!({"document": {"children": []}})
         );
+        // Document-JSON goes in as elements and reads back the same, after what was there.
+        let added = serde_json::json!([
+            {"list": {"children": [{"item": {"checked": "no"}}]}},
+            {"paragraph": {"text": "more"}},
+        ]);
+        let mut n = 0;
+        let update = doc
+            .mesh_insert(99, added.as_array().unwrap(), &children, &mut || {
+                n += 1;
+                format!("id-{n}")
+            })
+            .unwrap();
+        doc.apply_update(&update).unwrap();
+        assert_eq!(
+            doc.mesh_json("document", &children),
+            serde_json::json!({"document": {"children": [
+                {"paragraph": {"text": "hello"}},
+                {"list": {"children": [{"item": {"checked": "yes"}}]}},
+                {"list": {"children": [{"item": {"checked": "no"}}]}},
+                {"paragraph": {"text": "more"}},
+            ]}})
+        );
+        assert!(doc
+            .mesh_insert(
+                100,
+                &[serde_json::json!("not an element")],
+                &children,
+                &mut String::new
+            )
+            .is_none());
     }
 
     #[test]

@@ -411,3 +411,16 @@ async fn reopening_with_a_state_vector_sends_only_what_is_missing() {
     assert!(whole.len() > 100_000);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_are_created_from_json_and_described_as_json() {
+    let (server, key) = secured().await;
+    let token = token_for(&key, "author", ROOM, ApiScope::agent_default());
+    let base = format!("ws://{}", server.addr());
+    let out = roomd_tests::run_python("room_create.py", &[&base, ROOM, &token]).await;
+    assert_eq!(out.trim(), "ok");
+    // A y-websocket editor sees the created document's element in the `xml` root.
+    let y = YClient::connect_authorized(&server.doc_url(ROOM, "made.doc"), &token, 5).await;
+    assert_eq!(paragraphs(&y), ["one"]);
+    server.stop().await;
+}

@@ -52,7 +52,7 @@ pub struct Sockets {
     last_b64: Option<(Bytes, Bytes)>,
     /// Acknowledgements owed to document streams that asked for them: the write that must be
     /// durable first, the stream, and how many of its updates it acknowledges. In write order.
-    acks: std::collections::VecDeque<(crate::store::WriteSeq, ConnId, u64)>,
+    acks: std::collections::VecDeque<(crate::store::WriteSeq, Owed)>,
 }
 
 impl Default for Sockets {
@@ -137,6 +137,15 @@ struct DocStream {
     /// The start of every `sync` chunk's header, serialised once:
     /// `{"tool_call_id":…,"chunk":{"type":"binary","headers":{"kind":"sync","path":…}}`.
     sync_header: Arc<str>,
+}
+
+/// What is owed once a write is durable.
+#[derive(Debug)]
+enum Owed {
+    /// The acknowledgement of a document stream's first `n` updates.
+    Ack(ConnId, u64),
+    /// The answer to request `id` of a socket.
+    Answer(ConnId, u64, Content),
 }
 
 /// What a frame for a document stream becomes.
@@ -514,6 +523,7 @@ impl Room {
         let answer = match (toolkit.as_str(), tool.as_str()) {
             ("sync", "open") => self.sync_open(conn, &tool_call_id, &arguments),
             ("sync", "describe") => self.sync_describe(conn, &arguments).await,
+            ("sync", "create") => self.sync_create(conn, id, &arguments).await,
             ("messaging", "enable") => self.messaging_enable(conn, id),
             ("messaging", "disable") => self.messaging_disable(conn),
             ("messaging", "send") => self.messaging_deliver(conn, &arguments, false),
@@ -596,6 +606,111 @@ impl Room {
         Ok(Some(Content::Json(
             d.session.doc().mesh_json(&root, &children),
         )))
+    }
+
+    /// `sync.create` with `{path, json, schema}`: a new document holding Document-JSON `json`
+    /// (`{root: {children: [...]}}`), answered once durable. An existing document is
+    /// `ALREADY_EXISTS`.
+    async fn sync_create(
+        &mut self,
+        conn: ConnId,
+        id: u64,
+        arguments: &Content,
+    ) -> Result<Option<Content>, Content> {
+        let invalid = |m: &str| Content::error(ErrorCode::InvalidRequest, m);
+        let Content::Json(Value::Object(args)) = arguments else {
+            return Err(invalid("sync.create takes JSON arguments"));
+        };
+        let path = args
+            .get("path")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid("sync.create needs a path"))?;
+        let path = normalize_doc_path(path).to_string();
+        let schema = match args.get("schema") {
+            None | Some(Value::Null) => roomd_room_apis::schema::for_path(&path).1,
+            Some(s) => {
+                roomd_room_apis::schema::check(s).map_err(|e| invalid(&e))?;
+                s.clone()
+            }
+        };
+        let json = args.get("json").cloned().unwrap_or(Value::Null);
+        match self.fill_new_doc(conn, &path, &schema, &json, true).await? {
+            Some(()) => {
+                self.owe(Owed::Answer(conn, id, Content::Empty));
+                Ok(None)
+            }
+            None => Err(Content::error(
+                ErrorCode::AlreadyExists,
+                format!("a document exists at {path}"),
+            )),
+        }
+    }
+
+    /// Writes Document-JSON `json` into the document at `path` if it holds nothing yet;
+    /// `None` if it does. The participant's `sync` grant must let it write there.
+    async fn fill_new_doc(
+        &mut self,
+        conn: ConnId,
+        path: &str,
+        schema: &Value,
+        json: &Value,
+        create: bool,
+    ) -> Result<Option<()>, Content> {
+        let invalid = |m: &str| Content::error(ErrorCode::InvalidRequest, m);
+        crate::http::check_doc_name(path).map_err(|e| invalid(&e))?;
+        let Some(s) = self.sockets.sockets.get(&conn) else {
+            return Ok(None);
+        };
+        let access = s
+            .scope
+            .doc_access(path)
+            .map_err(|f| Content::error(ErrorCode::PermissionDenied, f.to_string()))?;
+        if access.read_only || crate::http::is_reserved(path) {
+            return Err(Content::error(
+                ErrorCode::PermissionDenied,
+                format!("the participant may only read {path}"),
+            ));
+        }
+        let root = roomd_room_apis::schema::root_tag(schema)
+            .unwrap_or(roomd_room_apis::schema::DEFAULT_SCHEMA)
+            .to_string();
+        let children_of = |tag: &str| roomd_room_apis::schema::child_property(schema, tag);
+        let children = match (json, children_of(&root)) {
+            (Value::Null, _) | (_, None) => Vec::new(),
+            (json, Some(prop)) => json
+                .get(&root)
+                .and_then(|r| r.get(&prop))
+                .and_then(Value::as_array)
+                .cloned()
+                .ok_or_else(|| {
+                    invalid(&format!(
+                        "the JSON must be {{\"{root}\": {{\"{prop}\": [...]}}}}"
+                    ))
+                })?,
+        };
+        let doc: Arc<str> = path.into();
+        let d = match self.doc_for_rest(&doc, create).await {
+            Ok(Some(d)) if d.new => d,
+            Ok(_) => return Ok(None),
+            Err(e) => return Err(Content::error(ErrorCode::OperationFailed, e.to_string())),
+        };
+        if children.is_empty() {
+            return Ok(Some(()));
+        }
+        let author = u64::from(u32::from_le_bytes(crate::master_key::random_bytes()));
+        let update = d
+            .session
+            .doc()
+            .mesh_insert(author, &children, &children_of, &mut || {
+                uuid::Uuid::new_v4().to_string()
+            })
+            .ok_or_else(|| invalid("the JSON is not Document-JSON of elements"))?;
+        let mut out = Vec::new();
+        d.session
+            .apply_external(&update, &mut out)
+            .map_err(|(_, reason)| Content::error(ErrorCode::InvalidRequest, reason))?;
+        self.carry_out(&doc, out);
+        Ok(Some(()))
     }
 
     /// Opens streamed call `tool_call_id` (of tool `what`) on `conn`, if its input is a stream,
@@ -772,6 +887,13 @@ impl Room {
                 format!("no document at {path}"),
             ));
         }
+        if let Some(json) = headers.get("initial_json").filter(|j| !j.is_null()) {
+            // Only a document that holds nothing yet takes it.
+            self.fill_new_doc(conn, path, &schema, json, create).await?;
+        }
+        let Some(s) = self.sockets.sockets.get(&conn) else {
+            return Ok(());
+        };
         let outbox = s.outbox.clone();
         let number = self.participants.of_conn(conn.0).map_or(0, |p| p.number);
         let stream = ConnId(self.sockets.next_stream);
@@ -855,9 +977,14 @@ impl Room {
     /// Owes document stream `stream` the acknowledgement of its first `n` updates, all applied:
     /// sent once everything written so far is durable.
     pub(super) fn owe_ack(&mut self, stream: ConnId, n: u64) {
+        self.owe(Owed::Ack(stream, n));
+    }
+
+    /// Sends `owed` once everything written so far is durable.
+    fn owe(&mut self, owed: Owed) {
         self.sockets
             .acks
-            .push_back((self.ctx.store.written(), stream, n));
+            .push_back((self.ctx.store.written(), owed));
         self.send_acks(self.ctx.store.durable());
     }
 
@@ -868,20 +995,27 @@ impl Room {
 
     /// Sends the acknowledgements that writes up to `durable` cover.
     pub(super) fn send_acks(&mut self, durable: crate::store::WriteSeq) {
-        while let Some(&(seq, stream, n)) = self.sockets.acks.front() {
+        while let Some(&(seq, _)) = self.sockets.acks.front() {
             if seq > durable {
                 break;
             }
-            self.sockets.acks.pop_front();
-            let Some(d) = self.sockets.streams.get(&stream) else {
-                continue;
+            let Some((_, owed)) = self.sockets.acks.pop_front() else {
+                break;
             };
-            let (socket, tool_call_id) = (d.socket, d.tool_call_id.clone());
-            let ack = binary(
-                json!({ "kind": "ack", "path": &*d.path, "updates": n }),
-                Bytes::new(),
-            );
-            self.send_chunk(socket, &tool_call_id, &ack);
+            match owed {
+                Owed::Ack(stream, n) => {
+                    let Some(d) = self.sockets.streams.get(&stream) else {
+                        continue;
+                    };
+                    let (socket, tool_call_id) = (d.socket, d.tool_call_id.clone());
+                    let ack = binary(
+                        json!({ "kind": "ack", "path": &*d.path, "updates": n }),
+                        Bytes::new(),
+                    );
+                    self.send_chunk(socket, &tool_call_id, &ack);
+                }
+                Owed::Answer(conn, id, content) => self.respond(conn, id, content),
+            }
         }
     }
 
