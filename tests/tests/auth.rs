@@ -147,9 +147,51 @@ async fn attempt(
     }
 }
 
+/// Opens the room protocol's endpoint for `room` with `token`: the HTTP status of the answer to
+/// the upgrade (101 when admitted: the first message is then `room_ready`).
+async fn attempt_room(server: &TestServer, room: &str, token: Option<&str>, via: Via) -> u16 {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut url = format!("ws://{}/v1/rooms/{room}", server.addr());
+    let mut request_headers: Vec<(&str, String)> = Vec::new();
+    if let Some(t) = token {
+        match via {
+            Via::Bearer => request_headers.push(("authorization", format!("Bearer {t}"))),
+            Via::Query => url = format!("{url}?token={t}"),
+            Via::Subprotocol => {
+                request_headers.push(("sec-websocket-protocol", format!("meshagent-room.{t}")))
+            }
+        }
+    }
+    let mut request = url.as_str().into_client_request().unwrap();
+    for (k, v) in request_headers {
+        request.headers_mut().insert(k, v.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((mut ws, answer)) => {
+            let first = tokio::time::timeout(roomd_tests::WAIT, ws.next())
+                .await
+                .expect("nothing from the server")
+                .expect("the connection ended")
+                .expect("the connection failed");
+            let Message::Binary(header) = first else {
+                panic!("expected room_ready, got {first:?}");
+            };
+            assert_eq!(&header[16..], b"room_ready");
+            answer.status().as_u16()
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("connecting to the room protocol: {e}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_matrix() {
-    let (server, key) = secured().await;
+    // Every refusal is tried on two endpoints: more than the default 30 failed attempts a minute
+    // from one address, which would turn the later ones into 4429 / 429.
+    let server = TestServer::start_with(|c| c.auth_failures_per_minute_max = 1_000).await;
+    let key = ApiKey::parse(&server.create_key("default").await).unwrap();
     let other_project = server.create_project("other").await;
     let other_key = ApiKey::parse(&server.create_key(&other_project).await).unwrap();
     let revoked_key = ApiKey::parse(&server.create_key("default").await).unwrap();
@@ -416,9 +458,22 @@ async fn the_token_matrix() {
         ),
     ];
     assert!(cases.len() >= 20);
+    // Refusals that concern the document, not the room: the room protocol admits such a token
+    // (its `sync.open` of that document is refused instead).
+    let doc_level = ["api without sync", "a path outside the sync grant"];
     for (what, room, doc, token, via, want) in cases {
         let got = attempt(&server, room, doc, token.as_deref(), via).await;
         assert_eq!(got, want, "{what}");
+        // The same token on the room protocol's endpoint: refused by HTTP status, before the
+        // upgrade.
+        let status = match want {
+            _ if doc_level.contains(&what) => 101,
+            None => 101,
+            Some(c) if c == CloseCode::Unauthorized.code() => 401,
+            Some(_) => 403,
+        };
+        let got = attempt_room(&server, room, token.as_deref(), via).await;
+        assert_eq!(got, status, "{what}, on the room protocol");
     }
     // Every refusal was counted by reason.
     assert!(server.metrics().refusals("expired") >= 1);
