@@ -424,3 +424,83 @@ async fn documents_are_created_from_json_and_described_as_json() {
     assert_eq!(paragraphs(&y), ["one"]);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_one_connection_may_make_the_room_hold_is_bounded() {
+    let (server, key) = secured().await;
+    let agent = token_for(&key, "agent", ROOM, ApiScope::agent_default());
+    let mut c = roomd_tests::RoomProtoClient::connect(&room_url(&server, ROOM), Some(&agent)).await;
+    // Toolkits: 64 per connection.
+    for i in 0..65 {
+        let id = c
+            .send(
+                "room.register_toolkit",
+                serde_json::json!({"name": format!("kit{i}"), "tools": {}, "public": true}),
+                b"",
+            )
+            .await;
+        let m = loop {
+            let m = c.next().await;
+            if m.kind == "__response__" && m.id == id {
+                break m;
+            }
+        };
+        if i < 64 {
+            assert_eq!(m.header["type"], "json", "toolkit {i}: {:?}", m.header);
+        } else {
+            assert_eq!(m.header["code"], 1006, "{:?}", m.header);
+        }
+    }
+    // A developer log entry: at most 64 KiB of JSON.
+    let big = "x".repeat(70_000);
+    let refused = c
+        .invoke(
+            "developer",
+            "log",
+            "l1",
+            serde_json::json!({"type": "json", "json": {"type": "big", "data": {"blob": big}}}),
+        )
+        .await;
+    assert_eq!(refused["code"], 1002, "{refused:?}");
+    let fine = c
+        .invoke(
+            "developer",
+            "log",
+            "l2",
+            serde_json::json!({"type": "json", "json": {"type": "small", "data": {"n": 1}}}),
+        )
+        .await;
+    assert_eq!(fine["type"], "empty", "{fine:?}");
+    // Attributes: at most 64 KiB of JSON; more is dropped, the rest of the participant kept.
+    c.send(
+        "set_attributes",
+        serde_json::json!({"huge": "y".repeat(70_000)}),
+        b"",
+    )
+    .await;
+    c.send("set_attributes", serde_json::json!({"status": "busy"}), b"")
+        .await;
+    let shown = |body: &serde_json::Value| body["participants"][0]["attributes"].clone();
+    let mut attributes = serde_json::Value::Null;
+    for _ in 0..200 {
+        let (_, body) = server
+            .json(
+                "GET",
+                &format!("/v1/rooms/{ROOM}/participants"),
+                Some(&agent),
+                None,
+            )
+            .await;
+        attributes = shown(&body);
+        if attributes["status"] == "busy" {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(attributes["status"], "busy", "{attributes}");
+    assert!(
+        attributes.get("huge").is_none(),
+        "oversized attributes were kept"
+    );
+    server.stop().await;
+}

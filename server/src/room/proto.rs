@@ -160,6 +160,50 @@ enum Out {
 /// A `send` or `broadcast`: its arguments, the message and the attachment.
 type Outgoing = (Map<String, Value>, Value, Vec<u8>);
 
+/// The JSON arguments of `what`, or the error that says they are missing.
+fn json_args<'a>(arguments: &'a Content, what: &str) -> Result<&'a Map<String, Value>, Content> {
+    match arguments {
+        Content::Json(Value::Object(args)) => Ok(args),
+        _ => Err(Content::error(
+            ErrorCode::InvalidRequest,
+            format!("{what} takes JSON arguments"),
+        )),
+    }
+}
+
+/// The document path among `what`'s arguments, normalised and checked as on every endpoint.
+fn path_arg<'a>(args: &'a Map<String, Value>, what: &str) -> Result<&'a str, Content> {
+    let invalid = |m: String| Content::error(ErrorCode::InvalidRequest, m);
+    let path = args
+        .get("path")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid(format!("{what} needs a path")))?;
+    let path = normalize_doc_path(path);
+    crate::http::check_doc_name(path).map_err(invalid)?;
+    Ok(path)
+}
+
+/// The schema a client gives (checked), or the one the document's path gets.
+fn schema_arg(given: Option<&Value>, path: &str) -> Result<Value, Content> {
+    match given {
+        None | Some(Value::Null) => Ok(roomd_room_apis::schema::for_path(path).1),
+        Some(s) => {
+            roomd_room_apis::schema::check(s)
+                .map_err(|e| Content::error(ErrorCode::InvalidRequest, e))?;
+            Ok(s.clone())
+        }
+    }
+}
+
+/// Toolkits one connection may register, at most.
+const TOOLKITS_PER_CONN_MAX: usize = 64;
+/// Bytes of attributes (as JSON) a participant may hold, at most: they are shown in
+/// `.room/participants` and sent to everyone messaging.
+const ATTRIBUTES_BYTES_MAX: usize = 64 << 10;
+/// Bytes (as JSON) of what one developer log entry may hold, at most: the event log keeps
+/// thousands of them.
+const LOG_BYTES_MAX: usize = 64 << 10;
+
 /// Calls open at once on one connection, at most.
 const OPEN_CALLS_MAX: usize = 256;
 
@@ -575,16 +619,7 @@ impl Room {
         conn: ConnId,
         arguments: &Content,
     ) -> Result<Option<Content>, Content> {
-        let invalid = |m: &str| Content::error(ErrorCode::InvalidRequest, m);
-        let Content::Json(Value::Object(args)) = arguments else {
-            return Err(invalid("sync.describe takes JSON arguments"));
-        };
-        let path = args
-            .get("path")
-            .and_then(Value::as_str)
-            .ok_or_else(|| invalid("sync.describe needs a path"))?;
-        let path = normalize_doc_path(path);
-        crate::http::check_doc_name(path).map_err(|e| invalid(&e))?;
+        let path = path_arg(json_args(arguments, "sync.describe")?, "sync.describe")?;
         let Some(s) = self.sockets.sockets.get(&conn) else {
             return Ok(None);
         };
@@ -617,22 +652,9 @@ impl Room {
         id: u64,
         arguments: &Content,
     ) -> Result<Option<Content>, Content> {
-        let invalid = |m: &str| Content::error(ErrorCode::InvalidRequest, m);
-        let Content::Json(Value::Object(args)) = arguments else {
-            return Err(invalid("sync.create takes JSON arguments"));
-        };
-        let path = args
-            .get("path")
-            .and_then(Value::as_str)
-            .ok_or_else(|| invalid("sync.create needs a path"))?;
-        let path = normalize_doc_path(path).to_string();
-        let schema = match args.get("schema") {
-            None | Some(Value::Null) => roomd_room_apis::schema::for_path(&path).1,
-            Some(s) => {
-                roomd_room_apis::schema::check(s).map_err(|e| invalid(&e))?;
-                s.clone()
-            }
-        };
+        let args = json_args(arguments, "sync.create")?;
+        let path = path_arg(args, "sync.create")?.to_string();
+        let schema = schema_arg(args.get("schema"), &path)?;
         let json = args.get("json").cloned().unwrap_or(Value::Null);
         match self.fill_new_doc(conn, &path, &schema, &json, true).await? {
             Some(()) => {
@@ -861,13 +883,7 @@ impl Room {
                 .map_err(|_| invalid("the vector is not base64"))?,
             Some(_) => return Err(invalid("the vector is not base64")),
         };
-        let schema = match headers.get("schema") {
-            None | Some(Value::Null) => roomd_room_apis::schema::for_path(path).1,
-            Some(s) => {
-                roomd_room_apis::schema::check(s).map_err(|e| invalid(&e))?;
-                s.clone()
-            }
-        };
+        let schema = schema_arg(headers.get("schema"), path)?;
         let Some(s) = self.sockets.sockets.get(&conn) else {
             return Ok(());
         };
@@ -1196,6 +1212,17 @@ impl Room {
     /// `set_attributes`: the participant's attributes change; `.room/participants` and the
     /// participants messaging see it.
     fn set_attributes(&mut self, conn: ConnId, attributes: Map<String, Value>) {
+        let merged_bytes = self.participants.of_conn(conn.0).map_or(0, |p| {
+            let mut merged = p.attributes.clone();
+            merged.extend(attributes.clone());
+            Value::Object(merged).to_string().len()
+        });
+        if merged_bytes > ATTRIBUTES_BYTES_MAX {
+            // `set_attributes` has no answer: the change is dropped, and the sender is told by
+            // never seeing it come back in presence.
+            tracing::info!(room = %self.name, conn = conn.0, bytes = merged_bytes, "attributes over the size limit dropped");
+            return;
+        }
         let Some(id) = self.participants.set_attributes(conn.0, &attributes) else {
             return;
         };
@@ -1319,12 +1346,7 @@ impl Room {
                 "the token has no developer grant",
             ));
         }
-        let Content::Json(Value::Object(args)) = arguments else {
-            return Err(Content::error(
-                ErrorCode::InvalidRequest,
-                "developer logs take JSON arguments",
-            ));
-        };
+        let args = json_args(arguments, "a developer log")?;
         let (kind, data) = if tool == "log" {
             let kind = args
                 .get("type")
@@ -1342,12 +1364,19 @@ impl Room {
                 json!({ "message": message, "extra": extra }),
             )
         };
+        let body = json!({ "type": kind, "data": data });
+        if body.to_string().len() > LOG_BYTES_MAX {
+            return Err(Content::error(
+                ErrorCode::InvalidRequest,
+                format!("a developer log entry holds at most {LOG_BYTES_MAX} bytes of JSON"),
+            ));
+        }
         let who = self.event_participant(conn);
         self.ctx.emit(
             &self.key,
             crate::events::EventKind::DeveloperLog,
             who.as_ref(),
-            json!({ "type": kind, "data": data }),
+            body,
         );
         Ok(Some(Content::Empty))
     }
@@ -1448,6 +1477,18 @@ impl Room {
             return Err(invalid("not connected".into()));
         };
         let participant = s.participant.clone();
+        let mine = self
+            .sockets
+            .toolkits
+            .iter()
+            .filter(|t| t.socket == conn)
+            .count();
+        if mine >= TOOLKITS_PER_CONN_MAX {
+            return Err(Content::error(
+                ErrorCode::InvalidState,
+                format!("more than {TOOLKITS_PER_CONN_MAX} toolkits registered by this connection"),
+            ));
+        }
         let taken = self
             .sockets
             .toolkits
