@@ -991,3 +991,40 @@ impl RoomProtoClient {
         }
     }
 }
+
+/// Claims for a participant named `name` of `room`, an agent with `api`, signed by `key`,
+/// valid for an hour: what most tests present.
+pub fn agent_claims(
+    key: &roomd_room_apis::ApiKey,
+    name: &str,
+    room: &str,
+    api: roomd_room_apis::ApiScope,
+) -> roomd_room_apis::Claims {
+    use roomd_room_apis::{Claims, Grant, Role};
+    let mut c = Claims::new(name);
+    c.grants = vec![
+        Grant::Room(room.into()),
+        Grant::Role(Role::Agent),
+        Grant::Api(api),
+    ];
+    c.project = Some(key.project);
+    c.key = Some(key.id);
+    c.exp = Some(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+            + 3600,
+    );
+    c
+}
+
+/// [`agent_claims`], minted.
+pub fn agent_token(
+    key: &roomd_room_apis::ApiKey,
+    name: &str,
+    room: &str,
+    api: roomd_room_apis::ApiScope,
+) -> String {
+    roomd_room_apis::mint(&agent_claims(key, name, room, api), &key.secret).unwrap()
+}

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use futures_util::{SinkExt, StreamExt};
-use roomd_room_apis::{ApiKey, ApiScope, Claims, Grant, Role};
+use roomd_room_apis::{ApiKey, ApiScope};
 use roomd_sync::room_protocol::{encode_message, Payload};
 use roomd_sync::{CloseCode, Message as YMessage, SyncMessage};
 use roomd_tests::{connect_with_headers, TestServer, YClient};
@@ -14,22 +14,7 @@ use yrs::{Transact, Xml, XmlElementPrelim, XmlFragment};
 const ROOM: &str = "agents";
 
 fn token_for(key: &ApiKey, name: &str, room: &str, api: ApiScope) -> String {
-    let mut c = Claims::new(name);
-    c.grants = vec![
-        Grant::Room(room.into()),
-        Grant::Role(Role::Agent),
-        Grant::Api(api),
-    ];
-    c.project = Some(key.project);
-    c.key = Some(key.id);
-    c.exp = Some(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64
-            + 3600,
-    );
-    roomd_room_apis::mint(&c, &key.secret).unwrap()
+    roomd_tests::agent_token(key, name, room, api)
 }
 
 async fn secured() -> (TestServer, ApiKey) {

@@ -3,7 +3,7 @@
 //! log paged and streamed, resumed across a restart.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use roomd_room_apis::{ApiKey, ApiScope, Claims, Grant, Role};
+use roomd_room_apis::{ApiKey, ApiScope, Claims, Grant};
 use roomd_sync::{CloseCode, Message as YMessage};
 use roomd_tests::{eventually, expect_close, SseClient, TestServer, YClient};
 use yrs::types::ToJson;
@@ -14,21 +14,7 @@ use yrs::{GetString, ReadTxn, Text, Transact};
 const ROOM: &str = "lobby";
 
 fn token(key: &ApiKey, name: &str) -> String {
-    let mut c = Claims::new(name);
-    c.grants = vec![
-        Grant::Room(ROOM.into()),
-        Grant::Role(Role::Agent),
-        Grant::Api(ApiScope::full()),
-    ];
-    c.project = Some(key.project);
-    c.key = Some(key.id);
-    c.exp = Some(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64
-            + 3600,
-    );
+    let mut c = roomd_tests::agent_claims(key, name, ROOM, ApiScope::full());
     c.extra.insert("team".into(), serde_json::json!("blue"));
     roomd_room_apis::mint(&c, &key.secret).unwrap()
 }
