@@ -25,12 +25,15 @@ pub enum Prop {
         /// It must be present.
         required: bool,
     },
-    /// The element's children: elements with these tags, in any order.
+    /// The element's children: elements with these tags, in any order, or, when `ordered`,
+    /// one of each in the order given (the SDK's `prefixItems` form).
     Children {
         /// The property's name.
         name: &'static str,
         /// The tags allowed.
         tags: &'static [&'static str],
+        /// One child of each tag, in that order.
+        ordered: bool,
     },
 }
 
@@ -69,6 +72,14 @@ const fn flag(name: &'static str) -> Prop {
     }
 }
 
+const fn children(name: &'static str, tags: &'static [&'static str]) -> Prop {
+    Prop::Children {
+        name,
+        tags,
+        ordered: false,
+    }
+}
+
 const BLOCKS: &[&str] = &[
     "heading",
     "paragraph",
@@ -84,10 +95,7 @@ const DOCUMENT: &[Element] = &[
     Element {
         tag: "document",
         description: "a document: blocks one after another",
-        props: &[Prop::Children {
-            name: "children",
-            tags: BLOCKS,
-        }],
+        props: &[children("children", BLOCKS)],
     },
     Element {
         tag: "heading",
@@ -126,16 +134,178 @@ const DOCUMENT: &[Element] = &[
     },
 ];
 
+/// `thread`: a conversation, the MeshAgent thread schema (`meshagent.agents.thread_schema`):
+/// the thread's `members`, then its `messages`, each item a message, a command run (`exec`),
+/// custom interface data (`ui`), a reasoning trace or a backend event.
+const THREAD: &[Element] = &[
+    Element {
+        tag: "thread",
+        description: "a thread of messages",
+        props: &[
+            text("name"),
+            Prop::Children {
+                name: "properties",
+                tags: &["members", "messages"],
+                ordered: true,
+            },
+        ],
+    },
+    Element {
+        tag: "members",
+        description: "the members of this thread",
+        props: &[children("items", &["member"])],
+    },
+    Element {
+        tag: "messages",
+        description: "the messages of this thread",
+        props: &[
+            text("external_thread_id"),
+            children("items", &["message", "exec", "ui", "reasoning", "event"]),
+        ],
+    },
+    Element {
+        tag: "member",
+        description: "a member of this thread",
+        props: &[text("name")],
+    },
+    Element {
+        tag: "file",
+        description: "a file attachment",
+        props: &[text("path")],
+    },
+    Element {
+        tag: "image",
+        description: "an image attachment stored in the images dataset",
+        props: &[
+            text("status"),
+            number("width"),
+            number("height"),
+            text("id"),
+            text("mime_type"),
+            text("created_at"),
+            text("created_by"),
+        ],
+    },
+    Element {
+        tag: "reasoning",
+        description: "a reasoning trace",
+        props: &[text("turn_id"), text("summary"), text("created_at")],
+    },
+    Element {
+        tag: "exec",
+        description: "a command execution",
+        props: &[
+            text("turn_id"),
+            text("command"),
+            text("result"),
+            text("outcome"),
+            text("stderr"),
+            text("stdout"),
+            number("exit_code"),
+            text("pwd"),
+            text("created_at"),
+        ],
+    },
+    Element {
+        tag: "ui",
+        description: "custom user interface data",
+        props: &[
+            text("turn_id"),
+            text("data"),
+            text("renderer"),
+            text("widget"),
+            number("width"),
+            number("height"),
+            text("created_at"),
+        ],
+    },
+    Element {
+        tag: "event",
+        description: "a structured event emitted by an agent backend",
+        props: &[
+            text("turn_id"),
+            text("id"),
+            text("source"),
+            text("name"),
+            text("kind"),
+            text("state"),
+            text("method"),
+            text("item_id"),
+            text("item_type"),
+            text("path"),
+            text("summary"),
+            text("headline"),
+            text("details"),
+            text("preview"),
+            children("logs", &["log"]),
+            text("data"),
+            text("created_at"),
+            text("updated_at"),
+        ],
+    },
+    Element {
+        tag: "log",
+        description: "a single stdout or stderr log line emitted by an event",
+        props: &[text("source"), text("text"), text("created_at")],
+    },
+    Element {
+        tag: "reaction",
+        description: "a unicode reaction from a user on a message or specific attachment",
+        props: &[
+            text("user_name"),
+            text("value"),
+            text("target"),
+            text("attachment_ref"),
+            text("created_at"),
+        ],
+    },
+    Element {
+        tag: "message",
+        description: "a message sent in the conversation",
+        props: &[
+            text("id"),
+            text("turn_id"),
+            text("text"),
+            text("created_at"),
+            text("author_name"),
+            text("role"),
+            text("author_ref"),
+            children("attachments", &["file", "image", "reaction"]),
+        ],
+    },
+];
+
+/// `thread_list`: an index of threads (`meshagent.agents.thread_schema`'s `thread_list_schema`).
+const THREAD_LIST: &[Element] = &[
+    Element {
+        tag: "thread_list",
+        description: "an index of chat threads",
+        props: &[children("threads", &["thread"])],
+    },
+    Element {
+        tag: "thread",
+        description: "a thread entry in the index",
+        props: &[
+            text("name"),
+            text("path"),
+            text("created_at"),
+            text("modified_at"),
+        ],
+    },
+];
+
 /// The schemas roomd ships, by name.
 pub fn builtin(name: &str) -> Option<Value> {
     match name {
         "document" => Some(schema_json("document", DOCUMENT)),
+        "thread" => Some(schema_json("thread", THREAD)),
+        "thread_list" => Some(schema_json("thread_list", THREAD_LIST)),
         _ => None,
     }
 }
 
 /// The names of the builtin schemas.
-pub const BUILTINS: &[&str] = &["document"];
+pub const BUILTINS: &[&str] = &["document", "thread", "thread_list"];
 
 /// The schema of the document at `path` when its client names none: the builtin named by the
 /// path's extension, else the default.
@@ -219,15 +389,21 @@ fn element_json(e: &Element) -> Value {
                 props.insert(name.into(), json!({ "type": ty }));
                 required.push(name);
             }
-            Prop::Children { name, tags } => {
+            Prop::Children {
+                name,
+                tags,
+                ordered,
+            } => {
                 let refs: Vec<Value> = tags
                     .iter()
                     .map(|t| json!({ "$ref": format!("#/$defs/{t}") }))
                     .collect();
-                props.insert(
-                    name.into(),
-                    json!({ "type": "array", "items": { "anyOf": refs } }),
-                );
+                let prop = if ordered {
+                    json!({ "type": "array", "prefixItems": refs, "items": false })
+                } else {
+                    json!({ "type": "array", "items": { "anyOf": refs } })
+                };
+                props.insert(name.into(), prop);
                 required.push(name);
             }
         }
@@ -277,6 +453,25 @@ mod tests {
         assert_eq!(for_path("notes/plan.doc").0, "document");
         assert_eq!(for_path("a.document").0, "document");
         assert_eq!(for_path("plain").0, "document");
+        assert_eq!(for_path("chats/team.thread").0, "thread");
+        assert_eq!(for_path("chats/.index.thread_list").0, "thread_list");
+    }
+
+    #[test]
+    fn a_thread_holds_its_members_then_its_messages() {
+        let s = builtin("thread").unwrap();
+        assert_eq!(root_tag(&s), Some("thread"));
+        let props = &s["$defs"]["thread"]["properties"]["thread"]["properties"];
+        assert_eq!(
+            props["properties"],
+            json!({"type": "array", "items": false, "prefixItems": [
+                {"$ref": "#/$defs/members"}, {"$ref": "#/$defs/messages"}]})
+        );
+        assert_eq!(child_property(&s, "messages").as_deref(), Some("items"));
+        assert_eq!(
+            child_property(&s, "message").as_deref(),
+            Some("attachments")
+        );
     }
 
     #[test]

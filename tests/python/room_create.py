@@ -44,6 +44,27 @@ async def main() -> None:
             raise SystemExit("describing no document succeeded")
         except RoomException as e:
             assert e.code == 1003, e.code
+
+        # A path ending in `.thread` gets the builtin thread schema, which the SDK reads
+        # (its ordered children included) and builds a conversation with.
+        thread = await a.sync.open(path="chats/team.thread")
+        assert thread.schema.root.tag_name == "thread"
+        members = thread.root.append_child("members", {})
+        members.append_child("member", {"name": "a"})
+        messages = thread.root.append_child("messages", {})
+        messages.append_child("message", {"id": "m1", "text": "hello", "author_name": "a"})
+        await a.sync.close(path="chats/team.thread")
+        described = await a.sync.describe(path="chats/team.thread")
+        assert described == {
+            "thread": {
+                "properties": [
+                    {"members": {"items": [{"member": {"name": "a"}}]}},
+                    {"messages": {"items": [
+                        {"message": {"id": "m1", "text": "hello", "author_name": "a", "attachments": []}}
+                    ]}},
+                ]
+            }
+        }, described
     print("ok")
 
 
