@@ -132,7 +132,12 @@ impl Room {
                     session_id: self.session.id().to_string(),
                     started_ms: self.session.started_ms(),
                     participants: self.participants.len(),
-                    connections: self.outboxes.len(),
+                    // Sockets, not the document streams a room-protocol socket holds.
+                    connections: self
+                        .outboxes
+                        .keys()
+                        .filter(|c| !super::proto::is_stream(**c))
+                        .count(),
                 });
             }
             RestCmd::Participants { reply } => {
