@@ -747,6 +747,52 @@ pub async fn run_node_for(script: &str, args: &[&str], limit: Duration) {
     }
 }
 
+/// A port free on 127.0.0.1 now, for a server process that must come back on the same one.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts the `roomd` binary on `127.0.0.1:port` over `data_dir` (flushing every 20 ms, with
+/// `extra` arguments) and waits until it is ready.
+pub async fn spawn_roomd(data_dir: &Path, port: u16, extra: &[&str]) -> tokio::process::Child {
+    let child = tokio::process::Command::new(roomd_bin())
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .args(["--flush-interval-ms", "20"])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await
+        {
+            if http_get(addr, "/readyz").await.0 == 200 {
+                return child;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "roomd did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling readiness, not a stand-in for it
+    }
+}
+
 /// The `roomd` binary built next to the tests (`cargo build -p roomd` first; the test script
 /// does), or `$ROOMD_BIN`.
 pub fn roomd_bin() -> PathBuf {
@@ -768,17 +814,38 @@ pub fn roomd_bin() -> PathBuf {
     panic!("the roomd binary is missing: run `cargo build -p roomd` first (scripts/test does it)");
 }
 
-/// Runs `tests/python/<script> <args...>` with the virtual environment's Python (the MeshAgent
-/// SDK, pinned; `scripts/test` creates it) and returns its standard output; panics with its
-/// output if it fails.
-pub async fn run_python(script: &str, args: &[&str]) -> String {
-    let dir = repo_root().join("tests/python");
-    let python = dir.join(".venv/bin/python");
+/// The example agent of `clients/rust` (`target/<profile>/examples/agent`, which `cargo test`
+/// builds, as does `cargo build -p roomd-client --examples`).
+pub fn example_agent_bin() -> PathBuf {
+    let dir = roomd_bin()
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let exe = dir.join("examples/agent");
+    assert!(
+        exe.is_file(),
+        "the example agent is missing: run `cargo build -p roomd-client --examples` (scripts/test does it)"
+    );
+    exe
+}
+
+/// The Python of the MeshAgent SDK's environment (`tests/python/.venv`).
+pub fn sdk_python() -> PathBuf {
+    let python = repo_root().join("tests/python/.venv/bin/python");
     assert!(
         python.is_file(),
         "the Python environment is missing: run scripts/test, which creates {} from tests/python/requirements.txt",
         python.display()
     );
+    python
+}
+
+/// Runs `tests/python/<script> <args...>` with the virtual environment's Python (the MeshAgent
+/// SDK, pinned; `scripts/test` creates it) and returns its standard output; panics with its
+/// output if it fails.
+pub async fn run_python(script: &str, args: &[&str]) -> String {
+    let dir = repo_root().join("tests/python");
+    let python = sdk_python();
     let mut cmd = tokio::process::Command::new(&python);
     cmd.current_dir(&dir)
         .arg(script)
@@ -900,6 +967,12 @@ impl RoomProtoClient {
                 };
             }
         }
+    }
+
+    /// Reads (and drops) whatever comes until the server closes the connection; returns the
+    /// close code.
+    pub async fn until_closed(&mut self) -> u16 {
+        expect_close(&mut self.ws).await.0
     }
 
     /// Invokes a tool with JSON arguments (or a stream, for `control{open}`); returns the

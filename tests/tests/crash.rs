@@ -2,60 +2,20 @@
 //! nothing that was flushed may be missing, for many cycles in a row.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use roomd_tests::{http_get, roomd_bin, run_node, YClient, WAIT};
-use tokio::process::{Child, Command};
+use roomd_tests::{free_port, http_get, roomd_bin, run_node, YClient, WAIT};
+use tokio::process::Child;
 
 const CYCLES: usize = 20;
 const UPDATES_PER_CYCLE: usize = 25;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn spawn(data_dir: &std::path::Path, port: u16) -> Child {
     spawn_with(data_dir, port, &[]).await
 }
 
 async fn spawn_with(data_dir: &std::path::Path, port: u16, extra: &[&str]) -> Child {
-    let child = Command::new(roomd_bin())
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .args(["--flush-interval-ms", "20"])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Ok(Ok(_)) =
-            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await
-        {
-            if http_get(addr, "/readyz").await.0 == 200 {
-                return child;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "roomd did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await; // polling readiness, not a stand-in for it
-    }
+    roomd_tests::spawn_roomd(data_dir, port, extra).await
 }
 
 fn metric(text: &str, name: &str) -> u64 {
