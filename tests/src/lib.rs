@@ -747,6 +747,34 @@ pub async fn run_node_for(script: &str, args: &[&str], limit: Duration) {
     }
 }
 
+/// A counter of `/metrics` text (`name` with its trailing space).
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("metric {name} missing"))
+}
+
+/// Waits until every storage write issued so far is covered by a completed flush.
+/// Waits until every storage write of the server on `port` so far is covered by a completed
+/// flush.
+pub async fn wait_durable(port: u16) {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, body) = http_get(addr, "/metrics").await;
+        let written = metric(&body, "roomd_store_writes_total ");
+        let durable = metric(&body, "roomd_store_durable_writes_total ");
+        if written > 0 && durable >= written {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "writes never became durable"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await; // polling the flush counter
+    }
+}
+
 /// A port free on 127.0.0.1 now, for a server process that must come back on the same one.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -2,9 +2,7 @@
 //! nothing that was flushed may be missing, for many cycles in a row.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
-
-use roomd_tests::{free_port, http_get, roomd_bin, run_node, YClient, WAIT};
+use roomd_tests::{free_port, roomd_bin, run_node, YClient, WAIT};
 use tokio::process::Child;
 
 const CYCLES: usize = 20;
@@ -18,29 +16,8 @@ async fn spawn_with(data_dir: &std::path::Path, port: u16, extra: &[&str]) -> Ch
     roomd_tests::spawn_roomd(data_dir, port, extra).await
 }
 
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("metric {name} missing"))
-}
-
-/// Waits until every storage write issued so far is covered by a completed flush.
 async fn wait_durable(port: u16) {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (_, body) = http_get(addr, "/metrics").await;
-        let written = metric(&body, "roomd_store_writes_total ");
-        let durable = metric(&body, "roomd_store_durable_writes_total ");
-        if written > 0 && durable >= written {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "writes never became durable"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await; // polling the flush counter
-    }
+    roomd_tests::wait_durable(port).await
 }
 
 #[tokio::test]

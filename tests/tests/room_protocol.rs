@@ -489,3 +489,63 @@ async fn what_one_connection_may_make_the_room_hold_is_bounded() {
     );
     server.stop().await;
 }
+
+/// A stock SDK client across a `kill -9` and restart of the server (the real binary, back on
+/// the same port): it reconnects by itself, its offline edit reaches an editor, and the
+/// editor's edit made meanwhile reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stock_sdk_client_reconnects_across_a_server_restart() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = roomd_tests::free_port();
+    let base = format!("ws://127.0.0.1:{port}");
+    let mut server = roomd_tests::spawn_roomd(&data, port, &[]).await;
+    let doc_url = format!("{base}/v1/rooms/{ROOM}/yjs/notes/restart.doc");
+    let mut sdk = tokio::process::Command::new(roomd_tests::sdk_python())
+        .current_dir(roomd_tests::repo_root().join("tests/python"))
+        .args(["room_reconnect.py", &base, ROOM, "any", "notes/restart.doc"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = sdk.stdin.take().unwrap();
+    let mut lines = BufReader::new(sdk.stdout.take().unwrap()).lines();
+    let mut expect = async |want: &str| {
+        let got = tokio::time::timeout(roomd_tests::WAIT, lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("the SDK client did not say {want:?} in time"))
+            .unwrap();
+        assert_eq!(got.as_deref(), Some(want));
+    };
+    expect("ready").await;
+    let mut y = YClient::connect(&doc_url, 31).await;
+    y.until(|c| paragraphs(c) == ["online"]).await;
+    roomd_tests::wait_durable(port).await;
+    server.kill().await.unwrap();
+    stdin.write_all(b"down\n").await.unwrap();
+    expect("edited").await;
+    server = roomd_tests::spawn_roomd(&data, port, &[]).await;
+    let mut y = YClient::connect(&doc_url, 32).await;
+    assert_eq!(paragraphs(&y), ["online"], "the acknowledged edit survived");
+    let update = {
+        let xml = y.doc.get_or_insert_xml_fragment("xml");
+        let mut txn = y.doc.transact_mut();
+        let p = xml.push_back(&mut txn, XmlElementPrelim::empty("paragraph"));
+        p.insert_attribute(&mut txn, "$id", "from-the-editor");
+        p.insert_attribute(&mut txn, "text", "from the editor");
+        txn.encode_update_v1()
+    };
+    y.send(YMessage::Sync(SyncMessage::Update(&update))).await;
+    stdin.write_all(b"up\n").await.unwrap();
+    expect("ok").await;
+    y.until(|c| {
+        let p = paragraphs(c);
+        p.len() == 3 && p.contains(&"offline".to_string())
+    })
+    .await;
+    stdin.write_all(b"done\n").await.unwrap();
+    assert!(sdk.wait().await.unwrap().success());
+    server.kill().await.unwrap();
+}
