@@ -549,3 +549,63 @@ async fn a_stock_sdk_client_reconnects_across_a_server_restart() {
     assert!(sdk.wait().await.unwrap().success());
     server.kill().await.unwrap();
 }
+
+/// The next `messaging.send` push a client receives: its `type` and `message`.
+async fn next_push(c: &mut roomd_tests::RoomProtoClient) -> (String, serde_json::Value) {
+    loop {
+        let m = c.next().await;
+        if m.kind == "messaging.send" {
+            return (
+                m.header["type"].as_str().unwrap().to_string(),
+                m.header["message"].clone(),
+            );
+        }
+    }
+}
+
+/// A messaging grant without `list` lets a participant message and be messaged, but it is
+/// shown no one: `messaging.enabled` lists nobody and no presence push reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_list_grant_a_participant_is_shown_no_one() {
+    use roomd_room_apis::scope::MessagingGrant;
+    let (server, key) = secured().await;
+    let url = format!("ws://{}/rooms/{ROOM}", server.addr());
+    let mut scope = ApiScope::agent_default();
+    scope.messaging = Some(MessagingGrant {
+        list: false,
+        ..Default::default()
+    });
+    let blind_token = token_for(&key, "blind", ROOM, scope);
+    let seer_token = token_for(&key, "seer", ROOM, ApiScope::agent_default());
+    let enable = serde_json::json!({"type": "json", "json": {}});
+    let mut seer = roomd_tests::RoomProtoClient::connect(&url, Some(&seer_token)).await;
+    seer.invoke("messaging", "enable", "m1", enable.clone())
+        .await;
+    assert_eq!(next_push(&mut seer).await.0, "messaging.enabled");
+    let mut blind = roomd_tests::RoomProtoClient::connect(&url, Some(&blind_token)).await;
+    blind.invoke("messaging", "enable", "m2", enable).await;
+    let (kind, message) = next_push(&mut blind).await;
+    assert_eq!(kind, "messaging.enabled");
+    assert_eq!(message["participants"], serde_json::json!([]));
+    // The seer is shown the blind participant.
+    let (kind, message) = next_push(&mut seer).await;
+    assert_eq!(kind, "participant.enabled");
+    assert_eq!(message["id"], blind.participant_id.as_str());
+    // The seer's attributes change, then it messages the blind one: the message is the first
+    // push the blind one gets.
+    seer.send("set_attributes", serde_json::json!({"mood": "fine"}), b"")
+        .await;
+    let to = blind.participant_id.clone();
+    let answer = seer
+        .invoke(
+            "messaging",
+            "send",
+            "m3",
+            serde_json::json!({"type": "json", "json": {"to_participant_id": to,
+                "type": "hello", "message_json": "{}", "attachment_base64": null}}),
+        )
+        .await;
+    assert_eq!(answer["type"], "empty", "{answer:?}");
+    assert_eq!(next_push(&mut blind).await.0, "hello");
+    server.stop().await;
+}

@@ -1053,6 +1053,27 @@ impl Room {
         v
     }
 
+    /// True if socket `c`'s messaging grant lets it see who else is there (`list`): presence
+    /// pushes go only to such sockets, and `messaging.enabled` lists no one to the others.
+    fn may_list(&self, c: ConnId) -> bool {
+        self.sockets
+            .sockets
+            .get(&c)
+            .and_then(|s| s.scope.messaging.as_ref())
+            .is_some_and(|m| m.list)
+    }
+
+    /// Sends a presence push (`participant.enabled`, `.disabled`, `.attributes`) to those of
+    /// `targets` that may list participants.
+    fn deliver_presence(&mut self, targets: &[ConnId], from: &str, kind: &str, message: &Value) {
+        let targets: Vec<ConnId> = targets
+            .iter()
+            .copied()
+            .filter(|c| self.may_list(*c))
+            .collect();
+        self.deliver(&targets, from, kind, message, &[]);
+    }
+
     /// Sends `messaging.send` pushes to `targets`.
     fn deliver(
         &mut self,
@@ -1084,12 +1105,13 @@ impl Room {
         let mut seen = std::collections::BTreeSet::new();
         let mut others = Vec::new();
         let mut targets = Vec::new();
+        let lists = self.may_list(conn);
         for (c, p) in self.messaging_sockets() {
             if p == me {
                 continue;
             }
             targets.push(c);
-            if seen.insert(p.clone()) {
+            if lists && seen.insert(p.clone()) {
                 others.extend(self.participant_json(&p));
             }
         }
@@ -1101,7 +1123,7 @@ impl Room {
             &[],
         );
         if let Some(mine) = self.participant_json(&me) {
-            self.deliver(&targets, &me, "participant.enabled", &mine, &[]);
+            self.deliver_presence(&targets, &me, "participant.enabled", &mine);
         }
         Ok(None)
     }
@@ -1126,13 +1148,7 @@ impl Room {
             return;
         }
         let targets: Vec<ConnId> = sockets.into_iter().map(|(c, _)| c).collect();
-        self.deliver(
-            &targets,
-            me,
-            "participant.disabled",
-            &json!({ "id": me }),
-            &[],
-        );
+        self.deliver_presence(&targets, me, "participant.disabled", &json!({ "id": me }));
     }
 
     /// The arguments, message and attachment of a `send` or `broadcast`.
@@ -1235,12 +1251,11 @@ impl Room {
             .collect();
         let mut attributes = attributes;
         attributes.remove("name");
-        self.deliver(
+        self.deliver_presence(
             &targets,
             &id,
             "participant.attributes",
             &json!({ "attributes": attributes }),
-            &[],
         );
     }
 }
