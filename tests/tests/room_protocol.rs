@@ -609,3 +609,51 @@ async fn without_the_list_grant_a_participant_is_shown_no_one() {
     assert_eq!(next_push(&mut blind).await.0, "hello");
     server.stop().await;
 }
+
+/// The second witness, the MeshAgent TypeScript SDK (`@meshagent/meshagent`): it connects,
+/// reads a document an editor wrote, adds to it and closes it; the editor sees its paragraph.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_typescript_sdk_shares_a_document_with_an_editor() {
+    let (server, key) = secured().await;
+    let path = "notes/ts.doc";
+    let editor = token_for(&key, "editor", ROOM, ApiScope::user_default());
+    let mut y = YClient::connect_authorized(&server.doc_url(ROOM, path), &editor, 41).await;
+    let update = {
+        let xml = y.doc.get_or_insert_xml_fragment("xml");
+        let mut txn = y.doc.transact_mut();
+        let p = xml.push_back(&mut txn, XmlElementPrelim::empty("paragraph"));
+        p.insert_attribute(&mut txn, "$id", "from-the-editor");
+        p.insert_attribute(&mut txn, "text", "from the editor");
+        txn.encode_update_v1()
+    };
+    y.send(YMessage::Sync(SyncMessage::Update(&update))).await;
+    y.round_trip().await;
+    let agent = token_for(&key, "ts-agent", ROOM, ApiScope::agent_default());
+    let dir = roomd_tests::repo_root().join("tests/interop");
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(90),
+        tokio::process::Command::new("node")
+            .current_dir(&dir)
+            .args(["meshagent-ts.cjs", path])
+            .env("MESHAGENT_ROOM_URL", format!("ws://{}", server.addr()))
+            .env("MESHAGENT_ROOM", ROOM)
+            .env("MESHAGENT_TOKEN", &agent)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the TypeScript SDK script timed out")
+    .expect("running node");
+    assert!(
+        out.status.success(),
+        "meshagent-ts.cjs failed\n--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Vec<String> =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(seen, ["from the editor", "from typescript"]);
+    y.until(|c| paragraphs(c) == ["from the editor", "from typescript"])
+        .await;
+    server.stop().await;
+}

@@ -518,7 +518,12 @@ impl Room {
         };
         match m.kind.as_str() {
             "room.invoke_tool" => self.invoke_tool(conn, m.id, payload).await,
-            "room.tool_call_request_chunk" => self.request_chunk(conn, payload).await,
+            "room.tool_call_request_chunk" => {
+                // Each chunk is answered `empty`, as MeshAgent's servers do: the TypeScript SDK
+                // awaits the answer before its next chunk; the Python SDK ignores it.
+                self.respond(conn, m.id, Content::Empty);
+                self.request_chunk(conn, payload).await
+            }
             "set_attributes" => self.set_attributes(conn, payload.header),
             "room.register_toolkit" => {
                 let answer = self.register_toolkit(conn, &payload.header);
