@@ -692,3 +692,49 @@ async fn the_example_agents_keep_word_counts_and_answer_calls() {
     }
     server.stop().await;
 }
+
+/// A change over the update limit is not sent (the server would close the connection for it,
+/// and again on every reconnect): the document's readers are told, its durability settles, and
+/// the connection goes on serving the client's other documents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_over_the_update_limit_stays_local() {
+    let (server, key) = secured().await;
+    let base = format!("ws://{}", server.addr());
+    let mut config = Config::new(&base, ROOM, Some(agent(&key, "big")));
+    config.update_bytes_max = 64 * 1024;
+    let a = RoomClient::connect(config).await.unwrap();
+    let b = client(&base, Some(agent(&key, "peer"))).await;
+    let big = a.open("big.doc").await.unwrap();
+    let mut changes = big.changes();
+    push(&big, "t", &"x".repeat(100 * 1024));
+    loop {
+        match next_event(&mut changes).await {
+            DocEvent::Refused { message } => {
+                assert!(message.contains("update limit"), "{message}");
+                break;
+            }
+            DocEvent::Changed(c) => assert_eq!(c.author, Author::Local),
+            other => panic!("{other:?}"),
+        }
+    }
+    tokio::time::timeout(WAIT, big.durable())
+        .await
+        .expect("durability did not settle")
+        .unwrap();
+    let other = a.open("small.doc").await.unwrap();
+    push(&other, "t", "still connected");
+    other.durable().await.unwrap();
+    let seen = b.open("small.doc").await.unwrap();
+    until_text(&seen, "t", "still connected").await;
+    let untouched = b.open("big.doc").await.unwrap();
+    assert_eq!(
+        untouched
+            .doc()
+            .get_or_insert_text("t")
+            .get_string(&untouched.doc().transact()),
+        ""
+    );
+    a.close().await;
+    b.close().await;
+    server.stop().await;
+}

@@ -785,13 +785,39 @@ impl Driver {
     }
 
     /// Moves what the documents' observers collected into each document's unsent list.
+    /// A change over the update limit is never sent (the server would close the connection
+    /// for it, and again after every reconnect): it stays in this client's document, its
+    /// readers are told, and it counts as settled for [`Document::durable`].
     fn take_local(&mut self) {
+        let max = self.config.update_bytes_max;
         for slot in self.docs.values_mut() {
             let taken = match slot.shared.pending.lock() {
                 Ok(mut p) => std::mem::take(&mut *p),
                 Err(_) => continue,
             };
-            slot.unsent.extend(taken);
+            for (n, update) in taken {
+                if update.len() <= max {
+                    slot.unsent.push((n, update));
+                    continue;
+                }
+                let _ = slot.shared.events.send(DocEvent::Refused {
+                    message: format!(
+                        "a change of {} bytes is over the update limit of {max} bytes: it was not sent",
+                        update.len()
+                    ),
+                });
+                if let Some(last) = slot.unsent.last_mut() {
+                    last.0 = n;
+                } else if let Some(last) = slot.inflight.back_mut() {
+                    last.1 = n;
+                } else {
+                    slot.shared.durable.send_if_modified(|d| {
+                        let moved = n > *d;
+                        *d = (*d).max(n);
+                        moved
+                    });
+                }
+            }
             if slot.unsent.len() > UNSENT_MERGE {
                 merge_unsent(&mut slot.unsent);
             }

@@ -73,6 +73,10 @@ pub struct Config {
     pub backoff_max: Duration,
     /// How long connecting and the handshake may take.
     pub handshake_timeout: Duration,
+    /// The largest change the client sends, in bytes of its v1 update: the server's update
+    /// limit (`--message-bytes-max`, 8 MiB by default). A larger change stays local and its
+    /// document's readers get [`DocEvent::Refused`].
+    pub update_bytes_max: usize,
 }
 
 impl Config {
@@ -85,6 +89,7 @@ impl Config {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(30),
+            update_bytes_max: 8 << 20,
         }
     }
 
