@@ -687,6 +687,17 @@ async fn the_example_agents_keep_word_counts_and_answer_calls() {
         let figures: Value = caller.call("words", "stats", &json!({})).await.unwrap();
         assert_eq!(figures["words"], 5, "{room}: {figures}");
         assert_eq!(figures["blocks"], 2, "{room}: {figures}");
+        // A stock SDK client lists the toolkit, whichever client hosts it, and calls it.
+        let sdk = roomd_tests::agent_token(&key, "sdk-caller", room, ApiScope::agent_default());
+        let out = roomd_tests::run_python(
+            "room_call.py",
+            &[&base, room, &sdk, "words", "count", r#"{"text": "x y"}"#],
+        )
+        .await;
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some(r#"["count", "stats"]"#), "{room}: {out}");
+        let answer: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+        assert_eq!(answer["words"], 2, "{room}: {out}");
         caller.close().await;
         agent.kill().await.unwrap();
     }
