@@ -518,6 +518,21 @@ async fn messaging_tools_and_logs_between_two_clients() {
         .call::<_, Value>("words", "count", &json!({"nope": 1}))
         .await;
     assert_eq!(bad.unwrap_err().code(), Some(ErrorCode::InvalidRequest));
+    let on_b = a
+        .invoke_on(
+            &idb,
+            "words",
+            "count",
+            Content::Json(json!({"text": "one two"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(on_b, Content::Json(json!({"words": 2})));
+    let on_a = a
+        .invoke_on(&ida, "words", "count", Content::Json(json!({"text": "x"})))
+        .await
+        .unwrap_err();
+    assert_eq!(on_a.code(), Some(ErrorCode::NotFound), "{on_a}");
     let failed = a.invoke("words", "fail", Content::Empty).await.unwrap_err();
     assert_eq!(failed.code(), Some(ErrorCode::Conflict), "{failed}");
     let missing = a.invoke("words", "nope", Content::Empty).await.unwrap_err();

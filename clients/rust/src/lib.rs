@@ -402,7 +402,33 @@ impl RoomClient {
     /// and returns its answer. An `error` answer is [`Error::Remote`]; a streamed answer is
     /// refused here (use [`RoomClient::invoke_stream`]).
     pub async fn invoke(&self, toolkit: &str, tool: &str, input: Content) -> Result<Content> {
-        let (header, trailer) = call_header(toolkit, tool, &input);
+        self.invoke_as_call(toolkit, tool, input, None).await
+    }
+
+    /// [`RoomClient::invoke`] of the toolkit that participant `participant_id` hosts (a
+    /// private toolkit, or one of several hosts of the same name).
+    pub async fn invoke_on(
+        &self,
+        participant_id: &str,
+        toolkit: &str,
+        tool: &str,
+        input: Content,
+    ) -> Result<Content> {
+        self.invoke_as_call(toolkit, tool, input, Some(participant_id))
+            .await
+    }
+
+    async fn invoke_as_call(
+        &self,
+        toolkit: &str,
+        tool: &str,
+        input: Content,
+        participant_id: Option<&str>,
+    ) -> Result<Content> {
+        let (mut header, trailer) = call_header(toolkit, tool, &input);
+        if let Some(p) = participant_id {
+            header["participant_id"] = json!(p);
+        }
         let answer = self
             .ask(|reply| Cmd::Request {
                 kind: "room.invoke_tool",
