@@ -73,11 +73,11 @@ fn spawn_writer(mut sink: SplitSink<Ws, Message>, mut rx: mpsc::Receiver<Vec<u8>
     tokio::spawn(async move {
         while let Some(m) = rx.recv().await {
             let mut ok = true;
-            for p in queued_packets(&m) {
+            for p in queued_packets(&Bytes::from(m)) {
                 ok &= sink.feed(Message::Binary(p)).await.is_ok();
             }
             while let Ok(m) = rx.try_recv() {
-                for p in queued_packets(&m) {
+                for p in queued_packets(&Bytes::from(m)) {
                     ok &= sink.feed(Message::Binary(p)).await.is_ok();
                 }
             }
