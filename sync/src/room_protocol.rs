@@ -417,16 +417,6 @@ pub fn queued_payload_parts(id: u64, kind: &str, header_json: &[&[u8]], trailer:
     w.finish()
 }
 
-/// A copy of a queued message under another message id (one message sent on many
-/// connections, each numbering its messages itself).
-pub fn queued_with_id(queued: &[u8], id: u64) -> Bytes {
-    let mut b = BytesMut::from(queued);
-    for p in packet_ranges(queued) {
-        b[p.start..p.start + 8].copy_from_slice(&id.to_be_bytes());
-    }
-    b.freeze()
-}
-
 /// Where the packets of a queued message lie in it: none if it is not one.
 fn packet_ranges(queued: &[u8]) -> impl Iterator<Item = std::ops::Range<usize>> {
     let layout = (|| {
@@ -884,22 +874,6 @@ mod tests {
             data.extend_from_slice(br#"{"a":1,"b":[2]}"#);
             data.extend_from_slice(&trailer);
             assert_eq!(whole, queued_message(5, "k", &data));
-        }
-    }
-
-    #[test]
-    fn a_queued_message_renumbered_is_the_message_under_its_new_id() {
-        for len in [0usize, 10, 1024, 2500] {
-            let data = vec![7u8; len];
-            let q = queued_message(1, "room.tool_call_response_chunk", &data);
-            assert_eq!(
-                queued_with_id(&q, 0x0102_0304_0506_0708),
-                queued_message(
-                    0x0102_0304_0506_0708,
-                    "room.tool_call_response_chunk",
-                    &data
-                )
-            );
         }
     }
 

@@ -1726,10 +1726,10 @@ impl Room {
     /// A host's `room.tool_call_response` (under the id roomd sent the call with): the caller's
     /// answer. `control{open}` makes the call a stream.
     fn hosted_response(&mut self, host: ConnId, id: u64, data: &Bytes, p: &Payload) {
-        let opens = matches!(
-            Content::from_parts(&p.header, p.trailer.clone()),
-            Ok(Content::Control(Control::Open))
-        );
+        // `control{open}` (read from the header as `Content::from_parts` reads it, without
+        // building the answer's content: every other answer is relayed as its bytes).
+        let field = |k: &str| p.header.get(k).and_then(Value::as_str);
+        let opens = field("type") == Some("control") && field("method") == Some("open");
         let Some(call) = self.sockets.hosted.get_mut(&(host, id)) else {
             return;
         };
