@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use roomd_sync::room_protocol::{
-    queued_message, queued_packets, Assembler, Payload, RawMessage, WireLimits,
+    queued_message, queued_packets, queued_payload, Assembler, Payload, RawMessage, WireLimits,
 };
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -21,6 +21,14 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::peer::{ws_config, OnUpdate, Peer, WireStats, SEND_QUEUE_MAX};
+
+/// The peers' WebSocket settings, with a write buffer: a message's packets are written to the
+/// socket together when the writer flushes, as one write, where without it every packet
+/// would be a write (and a TCP segment) of its own. A y-websocket peer writes each update as
+/// one frame, so both endpoints make one write per update.
+fn room_ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    ws_config().write_buffer_size(16 * 1024)
+}
 use crate::scenarios::Report;
 use crate::target::Target;
 
@@ -39,8 +47,8 @@ fn next_id() -> u64 {
 /// The tool call id every benchmark peer opens its document under.
 const SYNC_CALL: &str = "bench-sync";
 
-fn message(kind: &str, header: Value, trailer: &[u8]) -> Vec<u8> {
-    queued_message(next_id(), kind, &Payload::encode(&header, trailer)).to_vec()
+fn message(kind: &str, header: Value, trailer: &[u8]) -> Bytes {
+    queued_message(next_id(), kind, &Payload::encode(&header, trailer))
 }
 
 /// The message carrying a v1 update on the peer's document (a `sync` chunk, base64).
@@ -52,6 +60,7 @@ pub fn sync_message(update: &[u8]) -> Vec<u8> {
         json!({"tool_call_id": SYNC_CALL, "chunk": {"type": "binary", "headers": {"kind": "sync"}}}),
         b64.as_bytes(),
     )
+    .into()
 }
 
 async fn open_socket(target: &Target, room_url: &str) -> anyhow::Result<Ws> {
@@ -59,7 +68,7 @@ async fn open_socket(target: &Target, room_url: &str) -> anyhow::Result<Ws> {
         STEP_MAX,
         tokio_tungstenite::connect_async_with_config(
             target.request(room_url)?,
-            Some(ws_config()),
+            Some(room_ws_config()),
             true,
         ),
     )
@@ -72,14 +81,9 @@ async fn open_socket(target: &Target, room_url: &str) -> anyhow::Result<Ws> {
 fn spawn_writer(mut sink: SplitSink<Ws, Message>, mut rx: mpsc::Receiver<Vec<u8>>) {
     tokio::spawn(async move {
         while let Some(m) = rx.recv().await {
-            let mut ok = true;
-            for p in queued_packets(&m) {
-                ok &= sink.feed(Message::Binary(p)).await.is_ok();
-            }
+            let mut ok = feed(&mut sink, m.into()).await.is_ok();
             while let Ok(m) = rx.try_recv() {
-                for p in queued_packets(&m) {
-                    ok &= sink.feed(Message::Binary(p)).await.is_ok();
-                }
+                ok &= feed(&mut sink, m.into()).await.is_ok();
             }
             if !ok || sink.flush().await.is_err() {
                 break;
@@ -87,6 +91,26 @@ fn spawn_writer(mut sink: SplitSink<Ws, Message>, mut rx: mpsc::Receiver<Vec<u8>
         }
         let _ = sink.close().await;
     });
+}
+
+/// Buffers the packets of a queued message for the next flush.
+async fn feed<S>(sink: &mut S, queued: Bytes) -> Result<(), S::Error>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    for p in queued_packets(&queued) {
+        sink.feed(Message::Binary(p)).await?;
+    }
+    Ok(())
+}
+
+/// Writes a queued message's packets at once, in this task.
+async fn send_now<S>(sink: &mut S, queued: Bytes) -> Result<(), S::Error>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    feed(sink, queued).await?;
+    sink.flush().await
 }
 
 /// Reads whole messages from a socket.
@@ -103,22 +127,26 @@ impl Reader {
         }
     }
 
-    /// The next whole message and its payload; `None` when the connection ends.
-    async fn next(&mut self) -> Option<(RawMessage, Payload)> {
+    /// The next whole message, its payload not decoded; `None` when the connection ends.
+    async fn next_raw(&mut self) -> Option<RawMessage> {
         while let Some(Ok(msg)) = self.stream.next().await {
             let Message::Binary(packet) = msg else {
                 continue;
             };
             match self.assembler.push(&packet) {
-                Ok(Some(m)) => {
-                    let p = Payload::decode(&m.data, &WireLimits::default()).ok()?;
-                    return Some((m, p));
-                }
+                Ok(Some(m)) => return Some(m),
                 Ok(None) => continue,
                 Err(_) => return None,
             }
         }
         None
+    }
+
+    /// The next whole message and its payload; `None` when the connection ends.
+    async fn next(&mut self) -> Option<(RawMessage, Payload)> {
+        let m = self.next_raw().await?;
+        let p = Payload::decode(&m.data, &WireLimits::default()).ok()?;
+        Some((m, p))
     }
 
     /// Skips to the message after the handshake (`room_ready`, `connected`): returns the
@@ -134,6 +162,65 @@ impl Reader {
             }
         }
     }
+}
+
+/// The split of a message's data into its JSON header and trailer.
+fn payload_parts(data: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = u64::from_be_bytes(data.get(..8)?.try_into().ok()?);
+    let end = 8usize.checked_add(usize::try_from(len).ok()?)?;
+    Some((data.get(8..end)?, data.get(end..)?))
+}
+
+/// What a peer reads of a response chunk's header: its call and the chunk's type and kind,
+/// borrowed from the message (a peer reads every delivery, and building the whole header as
+/// JSON values would make the generator, not the server, the measure).
+#[derive(serde::Deserialize)]
+struct ChunkHeader<'a> {
+    #[serde(borrow)]
+    tool_call_id: &'a str,
+    #[serde(borrow)]
+    chunk: ChunkOf<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChunkOf<'a> {
+    #[serde(rename = "type", borrow)]
+    type_: &'a str,
+    #[serde(borrow)]
+    headers: ChunkHeaders<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChunkHeaders<'a> {
+    #[serde(borrow)]
+    kind: &'a str,
+}
+
+/// The two chunks that carry a document's updates.
+#[derive(Debug, PartialEq, Eq)]
+enum ChunkKind {
+    /// The document's state, first.
+    State,
+    /// An update.
+    Sync,
+}
+
+/// The kind and base64 update of a `state` or `sync` chunk of the peer's document call.
+fn sync_chunk(m: &RawMessage) -> Option<(ChunkKind, &[u8])> {
+    if m.kind != "room.tool_call_response_chunk" {
+        return None;
+    }
+    let (header, trailer) = payload_parts(&m.data)?;
+    let h: ChunkHeader<'_> = serde_json::from_slice(header).ok()?;
+    if h.tool_call_id != SYNC_CALL || h.chunk.type_ != "binary" {
+        return None;
+    }
+    let kind = match h.chunk.headers.kind {
+        "state" => ChunkKind::State,
+        "sync" => ChunkKind::Sync,
+        _ => return None,
+    };
+    Some((kind, trailer))
 }
 
 /// A typing peer over the room protocol: opens `doc` with `sync.open`, hands every update the
@@ -164,27 +251,25 @@ pub async fn connect_peer(
             "kind": "start", "path": doc, "create": true, "vector": null, "schema": null}}}),
         b"",
     );
-    tx.send(open).await?;
-    tx.send(start).await?;
+    tx.send(open.into()).await?;
+    tx.send(start.into()).await?;
     let (synced_tx, synced_rx) = oneshot::channel();
     let reader = tokio::spawn(async move {
         let mut synced = Some(synced_tx);
         let mut on_update = on_update;
         let b64 = base64::engine::general_purpose::STANDARD;
-        while let Some((m, p)) = reader.next().await {
-            if m.kind != "room.tool_call_response_chunk" {
-                continue;
-            }
-            let kind = p.header["chunk"]["headers"]["kind"].as_str().unwrap_or("");
-            if kind != "state" && kind != "sync" {
-                continue;
-            }
-            let Ok(update) = b64.decode(&p.trailer) else {
+        let mut update = Vec::new();
+        while let Some(m) = reader.next_raw().await {
+            let Some((kind, data)) = sync_chunk(&m) else {
                 continue;
             };
+            update.clear();
+            if b64.decode_vec(data, &mut update).is_err() {
+                continue;
+            }
             stats.update_messages.fetch_add(1, Ordering::Relaxed);
             on_update(&update);
-            if kind == "state" {
+            if kind == ChunkKind::State {
                 if let Some(s) = synced.take() {
                     let _ = s.send(());
                 }
@@ -215,11 +300,32 @@ fn latency_report(report: &mut Report, prefix: &str, h: &Histogram<u64>) {
         .push((format!("{prefix}_max_ms"), ms(h.max())));
 }
 
-/// A connected room-protocol client with its reader and writer halves.
+/// A connected room-protocol client: it writes its messages itself, in the task that sends
+/// them (a request and its answer cross no task of the generator's on the way out).
 struct Conn {
-    tx: mpsc::Sender<Vec<u8>>,
+    sink: SplitSink<Ws, Message>,
     reader: Reader,
-    participant: String,
+}
+
+impl Conn {
+    /// Sends a message (as [`queued_message`] makes them) at once.
+    async fn send(&mut self, queued: Bytes) -> anyhow::Result<()> {
+        send_now(&mut self.sink, queued).await?;
+        Ok(())
+    }
+
+    /// Reads until the `__response__` to a request: its payload.
+    async fn response(&mut self, what: &str) -> anyhow::Result<Payload> {
+        loop {
+            let (m, p) = tokio::time::timeout(STEP_MAX, self.reader.next())
+                .await
+                .map_err(|_| anyhow::anyhow!("{what} was not answered"))?
+                .ok_or_else(|| anyhow::anyhow!("connection ended waiting for {what}"))?;
+            if m.kind == "__response__" {
+                return Ok(p);
+            }
+        }
+    }
 }
 
 async fn conn(target: &Target, token: Option<String>) -> anyhow::Result<Conn> {
@@ -229,20 +335,26 @@ async fn conn(target: &Target, token: Option<String>) -> anyhow::Result<Conn> {
     };
     let ws = open_socket(&t, "").await?;
     let (sink, stream) = ws.split();
-    let (tx, rx) = mpsc::channel::<Vec<u8>>(SEND_QUEUE_MAX);
-    spawn_writer(sink, rx);
     let mut reader = Reader::new(stream);
-    let participant = reader.handshake().await?;
-    Ok(Conn {
-        tx,
-        reader,
-        participant,
-    })
+    reader.handshake().await?;
+    Ok(Conn { sink, reader })
+}
+
+/// The `room.invoke_tool` of the benchmark's `i`th call to `toolkit.tool`.
+fn invoke(toolkit: &str, tool: &str, i: usize) -> Bytes {
+    message(
+        "room.invoke_tool",
+        json!({"toolkit": toolkit, "tool": tool, "tool_call_id": format!("c{i}"),
+            "participant_id": null, "on_behalf_of_id": null,
+            "arguments": {"type": "json", "json": {"i": i}}}),
+        b"",
+    )
 }
 
 /// Tool calls: one participant hosts an `echo` toolkit, another calls it `calls` times in a
-/// row; the round trip of each, beside the round trip of a bare WebSocket echo on loopback of
-/// the same size (the floor).
+/// row; the round trip of each, beside the round trip of a bare WebSocket echo on loopback
+/// (the floor), measured with the same client: the same messages, written and read the same
+/// way.
 pub async fn tool_calls(
     target: &Target,
     host_token: Option<String>,
@@ -263,35 +375,29 @@ pub async fn tool_calls(
             "public": true, "annotations": {}}),
         b"",
     );
-    host.tx.send(register).await?;
-    loop {
-        let (m, _) = host
-            .reader
-            .next()
-            .await
-            .ok_or_else(|| anyhow::anyhow!("host connection ended"))?;
-        if m.kind == "__response__" {
-            break;
-        }
-    }
-    let host_tx = host.tx.clone();
-    let mut host_reader = host.reader;
+    host.send(register).await?;
+    host.response("room.register_toolkit").await?;
+    // The host answers each call from the task that reads it, with the call's arguments as
+    // they came (read as raw JSON, not built into values and serialised again).
     tokio::spawn(async move {
-        while let Some((m, p)) = host_reader.next().await {
+        #[derive(serde::Deserialize)]
+        struct Call<'a> {
+            #[serde(borrow)]
+            arguments: &'a serde_json::value::RawValue,
+        }
+        while let Some(m) = host.reader.next_raw().await {
             if m.kind != "room.tool_call.echo" {
                 continue;
             }
-            let args = p
-                .header
-                .get("arguments")
-                .cloned()
-                .unwrap_or(json!({"type": "empty"}));
-            let answer = queued_message(
-                m.id,
-                "room.tool_call_response",
-                &Payload::encode(&args, b""),
-            );
-            if host_tx.send(answer.to_vec()).await.is_err() {
+            let Some((header, _)) = payload_parts(&m.data) else {
+                break;
+            };
+            let Ok(call) = serde_json::from_slice::<Call<'_>>(header) else {
+                break;
+            };
+            let args = call.arguments.get().as_bytes();
+            let answer = queued_payload(m.id, "room.tool_call_response", args, b"");
+            if send_now(&mut host.sink, answer).await.is_err() {
                 break;
             }
         }
@@ -299,32 +405,18 @@ pub async fn tool_calls(
     let mut caller = conn(target, caller_token).await?;
     let mut via_room = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for i in 0..calls {
+        let call = invoke("echo", "echo", i);
         let sent = Instant::now();
-        let call = message(
-            "room.invoke_tool",
-            json!({"toolkit": "echo", "tool": "echo", "tool_call_id": format!("c{i}"),
-                "participant_id": null, "on_behalf_of_id": null,
-                "arguments": {"type": "json", "json": {"i": i}}}),
-            b"",
-        );
-        caller.tx.send(call).await?;
-        loop {
-            let (m, p) = tokio::time::timeout(STEP_MAX, caller.reader.next())
-                .await
-                .map_err(|_| anyhow::anyhow!("a tool call was not answered"))?
-                .ok_or_else(|| anyhow::anyhow!("caller connection ended"))?;
-            if m.kind == "__response__" {
-                anyhow::ensure!(
-                    p.header["type"] == "json",
-                    "the call failed: {:?}",
-                    p.header
-                );
-                break;
-            }
-        }
+        caller.send(call).await?;
+        let p = caller.response("a tool call").await?;
         via_room.record(sent.elapsed().as_micros().max(1) as u64)?;
+        anyhow::ensure!(
+            p.header["type"] == "json" && p.header["json"]["i"] == i,
+            "the call failed: {:?}",
+            p.header
+        );
     }
-    let floor = echo_floor(calls, 200).await?;
+    let floor = echo_floor(calls).await?;
     latency_report(&mut report, "tool_call", &via_room);
     latency_report(&mut report, "echo_floor", &floor);
     let ratio =
@@ -335,38 +427,58 @@ pub async fn tool_calls(
     Ok(report)
 }
 
-/// The round trips of `n` messages of `bytes` bytes through a bare WebSocket echo server on
-/// loopback, in this process: the floor under any request and answer over WebSocket.
-async fn echo_floor(n: usize, bytes: usize) -> anyhow::Result<Histogram<u64>> {
+/// The round trips of `n` tool calls' messages through a bare WebSocket echo on loopback, in
+/// this process: it sends every packet back as it came. The client is the tool call's:
+/// the same `room.invoke_tool` written the same way, read back and decoded as the caller
+/// reads its answer. The floor under any request and answer over WebSocket.
+async fn echo_floor(n: usize) -> anyhow::Result<Histogram<u64>> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         if let Ok((tcp, _)) = listener.accept().await {
             let _ = tcp.set_nodelay(true);
-            if let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await {
+            if let Ok(mut ws) =
+                tokio_tungstenite::accept_async_with_config(tcp, Some(room_ws_config())).await
+            {
+                // Every packet goes back as it came; the packets read together (a message's)
+                // are written back together, as roomd writes a message's packets.
                 while let Some(Ok(m)) = ws.next().await {
-                    if m.is_binary() && ws.send(m).await.is_err() {
+                    let mut ok = !m.is_binary() || ws.feed(m).await.is_ok();
+                    while let Some(Some(Ok(m))) = ws.next().now_or_never() {
+                        ok &= !m.is_binary() || ws.feed(m).await.is_ok();
+                    }
+                    if !ok || ws.flush().await.is_err() {
                         break;
                     }
                 }
             }
         }
     });
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/"), None, true).await?;
-    let payload = Bytes::from(vec![7u8; bytes]);
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(
+        format!("ws://{addr}/"),
+        Some(room_ws_config()),
+        true,
+    )
+    .await?;
+    let (sink, stream) = ws.split();
+    let mut client = Conn {
+        sink,
+        reader: Reader::new(stream),
+    };
     let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    for _ in 0..n {
+    for i in 0..n {
+        let call = invoke("echo", "echo", i);
         let sent = Instant::now();
-        ws.send(Message::Binary(payload.clone())).await?;
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Binary(_))) => break,
-                Some(Ok(_)) => continue,
-                _ => anyhow::bail!("the echo connection ended"),
-            }
-        }
+        client.send(call).await?;
+        let (m, p) = tokio::time::timeout(STEP_MAX, client.reader.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("the echo did not answer"))?
+            .ok_or_else(|| anyhow::anyhow!("the echo connection ended"))?;
         h.record(sent.elapsed().as_micros().max(1) as u64)?;
+        anyhow::ensure!(
+            m.kind == "room.invoke_tool" && p.header["arguments"]["json"]["i"] == i,
+            "the echo answered something else"
+        );
     }
     Ok(h)
 }
@@ -397,26 +509,20 @@ pub async fn broadcast(
                 "arguments": {"type": "json", "json": {}}}),
             b"",
         );
-        c.tx.send(enable).await?;
+        c.send(enable).await?;
         // Enabled once the server has answered the enable.
-        loop {
-            let (m, _) = tokio::time::timeout(STEP_MAX, c.reader.next())
-                .await
-                .map_err(|_| anyhow::anyhow!("messaging.enable was not answered"))?
-                .ok_or_else(|| anyhow::anyhow!("connection ended"))?;
-            if m.kind == "__response__" {
-                break;
-            }
-        }
+        c.response("messaging.enable").await?;
+        let Conn { sink, mut reader } = c;
+        // The first sends, from here; the others' writing halves stay open with their readers.
+        let mut keep = None;
         if i == 0 {
-            sender = Some(c.tx.clone());
+            sender = Some(sink);
+        } else {
+            keep = Some(sink);
         }
         let done = done_tx.clone();
-        let mut reader = c.reader;
-        let _keep = c.participant;
-        let tx = c.tx;
         tokio::spawn(async move {
-            let _tx = tx;
+            let _keep = keep;
             while let Some((m, p)) = reader.next().await {
                 if m.kind != "messaging.send" || p.header["type"] != "bench" {
                     continue;
@@ -428,7 +534,7 @@ pub async fn broadcast(
         });
     }
     drop(done_tx);
-    let sender = sender.ok_or_else(|| anyhow::anyhow!("no participants"))?;
+    let mut sender = sender.ok_or_else(|| anyhow::anyhow!("no participants"))?;
     let period = Duration::from_secs_f64(1.0 / rate);
     let mut tick = tokio::time::interval(period);
     for n in 0..messages {
@@ -442,7 +548,7 @@ pub async fn broadcast(
                     "message_json": json!({"t": t, "n": n}).to_string()}}}),
             b"",
         );
-        sender.send(b).await?;
+        send_now(&mut sender, b).await?;
     }
     let expected = messages * (participants - 1);
     let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;

@@ -66,7 +66,9 @@ impl Wire for RoomWire {
     }
 
     fn outgoing(&mut self, batch: &mut VecDeque<Bytes>) {
-        let messages = std::mem::take(batch);
+        // The room queues each message with its packets cut already: they are sliced apart
+        // here, not copied.
+        let messages = std::mem::replace(batch, VecDeque::with_capacity(2 * batch.len()));
         for m in messages {
             batch.extend(queued_packets(&m));
         }

@@ -336,69 +336,121 @@ impl Assembler {
 
 /// Cuts a message into its packets: the header packet, then the data packets.
 pub fn encode_message(id: u64, kind: &str, data: &[u8]) -> Vec<Bytes> {
-    let count = data.len().div_ceil(PACKET_DATA_MAX);
-    // One buffer for every packet, sliced: one allocation per message.
-    let total = HEADER_PACKET_PREFIX + kind.len() + count * DATA_PACKET_PREFIX + data.len();
-    let mut b = BytesMut::with_capacity(total);
-    b.put_u64(id);
-    b.put_u32(0);
-    b.put_u32(count as u32);
-    b.extend_from_slice(kind.as_bytes());
-    let mut ends = Vec::with_capacity(count + 1);
-    ends.push(b.len());
-    for (i, chunk) in data.chunks(PACKET_DATA_MAX).enumerate() {
-        b.put_u64(id);
-        b.put_u32(i as u32 + 1);
-        b.extend_from_slice(chunk);
-        ends.push(b.len());
-    }
-    let all = b.freeze();
-    let mut start = 0;
-    ends.into_iter()
-        .map(|end| {
-            let p = all.slice(start..end);
-            start = end;
-            p
-        })
-        .collect()
+    queued_packets(&queued_message(id, kind, data)).collect()
 }
 
-/// A whole message as one buffer, `u32 type length | type | u64 id | data`, for queues that
-/// count messages rather than packets; [`queued_packets`] cuts it into packets when it is sent.
+/// Writes a message's packets end to end behind the length of its type: the layout of a
+/// queued message (see [`queued_message`]). The data is given in parts, cut into data packets
+/// as it comes.
+struct PacketWriter {
+    b: BytesMut,
+    id: u64,
+    /// Data bytes written into the current data packet.
+    in_packet: usize,
+    /// Data packets begun.
+    packets: u32,
+}
+
+impl PacketWriter {
+    fn new(id: u64, kind: &str, data_len: usize) -> PacketWriter {
+        let count = data_len.div_ceil(PACKET_DATA_MAX);
+        let total = 4 + HEADER_PACKET_PREFIX + kind.len() + count * DATA_PACKET_PREFIX + data_len;
+        let mut b = BytesMut::with_capacity(total);
+        b.put_u32(kind.len() as u32);
+        b.put_u64(id);
+        b.put_u32(0);
+        b.put_u32(count as u32);
+        b.extend_from_slice(kind.as_bytes());
+        PacketWriter {
+            b,
+            id,
+            in_packet: PACKET_DATA_MAX,
+            packets: 0,
+        }
+    }
+
+    fn write(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.in_packet == PACKET_DATA_MAX {
+                self.packets += 1;
+                self.b.put_u64(self.id);
+                self.b.put_u32(self.packets);
+                self.in_packet = 0;
+            }
+            let n = data.len().min(PACKET_DATA_MAX - self.in_packet);
+            self.b.extend_from_slice(&data[..n]);
+            self.in_packet += n;
+            data = &data[n..];
+        }
+    }
+
+    fn finish(self) -> Bytes {
+        self.b.freeze()
+    }
+}
+
+/// A whole message as one buffer, for queues that count messages rather than packets: its
+/// packets cut already and laid end to end behind the length of its type, `u32 type length |
+/// header packet | data packets`. [`queued_packets`] slices them apart, copying nothing.
 pub fn queued_message(id: u64, kind: &str, data: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(12 + kind.len() + data.len());
-    b.put_u32(kind.len() as u32);
-    b.extend_from_slice(kind.as_bytes());
-    b.put_u64(id);
-    b.extend_from_slice(data);
-    b.freeze()
+    let mut w = PacketWriter::new(id, kind, data.len());
+    w.write(data);
+    w.finish()
 }
 
 /// [`queued_message`] for a payload given as its parts, the JSON header already serialised:
 /// written straight into one buffer, for messages sent to many connections.
 pub fn queued_payload(id: u64, kind: &str, header_json: &[u8], trailer: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(20 + kind.len() + header_json.len() + trailer.len());
-    b.put_u32(kind.len() as u32);
-    b.extend_from_slice(kind.as_bytes());
-    b.put_u64(id);
-    b.put_u64(header_json.len() as u64);
-    b.extend_from_slice(header_json);
-    b.extend_from_slice(trailer);
-    b.freeze()
+    queued_payload_parts(id, kind, &[header_json], trailer)
 }
 
-/// The packets of a message made by [`queued_message`] (none if it is not one).
-pub fn queued_packets(queued: &[u8]) -> Vec<Bytes> {
-    let Some(len) = queued.get(..4) else {
-        return Vec::new();
-    };
-    let len = be_u32(len) as usize;
-    let (Some(kind), Some(id)) = (queued.get(4..4 + len), queued.get(4 + len..12 + len)) else {
-        return Vec::new();
-    };
-    let kind = std::str::from_utf8(kind).unwrap_or_default();
-    let id = be_u64(id);
-    encode_message(id, kind, &queued[12 + len..])
+/// [`queued_payload`] with the JSON header given as pieces laid end to end (a header
+/// serialised once, with the few bytes that differ between recipients spliced in).
+pub fn queued_payload_parts(id: u64, kind: &str, header_json: &[&[u8]], trailer: &[u8]) -> Bytes {
+    let header_len: usize = header_json.iter().map(|p| p.len()).sum();
+    let mut w = PacketWriter::new(id, kind, 8 + header_len + trailer.len());
+    w.write(&(header_len as u64).to_be_bytes());
+    for part in header_json {
+        w.write(part);
+    }
+    w.write(trailer);
+    w.finish()
+}
+
+/// Where the packets of a queued message lie in it: none if it is not one.
+fn packet_ranges(queued: &[u8]) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let layout = (|| {
+        let kind_len = be_u32(queued.get(..4)?) as usize;
+        let header_end = 4usize
+            .checked_add(HEADER_PACKET_PREFIX)?
+            .checked_add(kind_len)?;
+        let header = queued.get(4..header_end)?;
+        let count = be_u32(&header[12..16]) as usize;
+        let data = queued.len() - header_end;
+        if count == 0 {
+            return (data == 0).then_some((header_end, 0));
+        }
+        // Every data packet but the last is full; the last holds at least one byte.
+        let full = (count - 1).checked_mul(DATA_PACKET_PREFIX + PACKET_DATA_MAX)?;
+        let last = data.checked_sub(full + DATA_PACKET_PREFIX)?;
+        (1..=PACKET_DATA_MAX)
+            .contains(&last)
+            .then_some((header_end, count))
+    })();
+    let (header_end, count) = layout.unwrap_or((0, 0));
+    let header = (header_end > 0).then_some(4..header_end);
+    let len = queued.len();
+    let data = (0..count).map(move |i| {
+        let start = header_end + i * (DATA_PACKET_PREFIX + PACKET_DATA_MAX);
+        start..(start + DATA_PACKET_PREFIX + PACKET_DATA_MAX).min(len)
+    });
+    header.into_iter().chain(data)
+}
+
+/// The packets of a message made by [`queued_message`] (none if it is not one), as slices of
+/// it.
+pub fn queued_packets(queued: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+    packet_ranges(queued).map(|r| queued.slice(r))
 }
 
 /// What the SDK's `__meshagent__` header entry says.
@@ -792,11 +844,37 @@ mod tests {
     fn queued_messages_give_the_packets_of_the_message() {
         let data = vec![9u8; 2100];
         let q = queued_message(42, "__response__", &data);
+        let packets: Vec<Bytes> = queued_packets(&q).collect();
+        assert_eq!(packets.len(), 4);
+        let mut a = Assembler::new(limits());
+        let got = assemble(&packets, &mut a).unwrap();
+        assert_eq!((got[0].id, &*got[0].kind), (42, "__response__"));
+        assert_eq!(&got[0].data[..], &data[..]);
+        assert_eq!(queued_packets(&q.slice(..3)).count(), 0);
+        // Short of its last packet's data, or of the whole packet, it is not a message.
+        assert_eq!(queued_packets(&q.slice(..q.len() - 52)).count(), 0);
+        assert_eq!(queued_packets(&q.slice(..q.len() - 64)).count(), 0);
+        // An empty message is its header packet alone.
+        let e = queued_message(1, "x", b"");
+        assert_eq!(queued_packets(&e).count(), 1);
         assert_eq!(
-            queued_packets(&q),
-            encode_message(42, "__response__", &data)
+            queued_packets(&e).next().unwrap().len(),
+            HEADER_PACKET_PREFIX + 1
         );
-        assert!(queued_packets(&q[..3]).is_empty());
+    }
+
+    #[test]
+    fn payloads_written_in_parts_are_the_payload_written_whole() {
+        for len in [0usize, 10, 1000, 1010, 3000] {
+            let trailer = vec![3u8; len];
+            let whole = queued_payload(5, "k", br#"{"a":1,"b":[2]}"#, &trailer);
+            let parts = [&br#"{"a":1,"#[..], &br#""b":"#[..], &b"[2]}"[..]];
+            assert_eq!(queued_payload_parts(5, "k", &parts, &trailer), whole);
+            let mut data = (15u64).to_be_bytes().to_vec();
+            data.extend_from_slice(br#"{"a":1,"b":[2]}"#);
+            data.extend_from_slice(&trailer);
+            assert_eq!(whole, queued_message(5, "k", &data));
+        }
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub struct Sockets {
     /// The last update sent as base64, with the frame that holds it: one update forwarded to
     /// many streams is encoded once. Holding the frame keeps its bytes alive, so a frame at the
     /// same address with the same length is the same frame.
-    last_b64: Option<(Bytes, Bytes)>,
+    last_b64: Option<LastUpdate>,
     /// Acknowledgements owed to document streams that asked for them: the write that must be
     /// durable first, the stream, and how many of its updates it acknowledges. In write order.
     acks: std::collections::VecDeque<(crate::store::WriteSeq, Owed)>,
@@ -66,6 +66,23 @@ impl Default for Sockets {
             last_b64: None,
             acks: std::collections::VecDeque::new(),
         }
+    }
+}
+
+/// The last update a document stream was sent, as base64.
+#[derive(Debug)]
+struct LastUpdate {
+    /// The session's frame that holds it.
+    frame: Bytes,
+    b64: Bytes,
+    /// The frame is this one update and nothing else: to every other stream it becomes one
+    /// `sync` chunk, without decoding the frame again.
+    whole: bool,
+}
+
+impl LastUpdate {
+    fn of(&self, frame: &Bytes) -> bool {
+        self.frame.as_ptr() == frame.as_ptr() && self.frame.len() == frame.len()
     }
 }
 
@@ -228,22 +245,21 @@ fn sync_header_of(tool_call_id: &str, path: &str) -> Arc<str> {
     .into()
 }
 
-/// A `sync` chunk carrying base64 update `data`, written straight into one buffer (one update
-/// goes to every stream of its document). When `authors` are given, the chunk names the
-/// participants whose update it carries: an extension the stock SDK ignores, at the top level of
-/// the header beside `tool_call_id` and `chunk`.
+/// A `sync` chunk carrying base64 update `data`, its packets written straight into one buffer
+/// from the stream's header start and the update's authors (one update goes to every stream of
+/// its document). When `authors` are given, the chunk names the participants whose update it
+/// carries: an extension the stock SDK ignores, at the top level of the header beside
+/// `tool_call_id` and `chunk`.
 fn sync_chunk(id: u64, header_start: &str, authors: Option<&str>, data: &[u8]) -> Bytes {
-    let mut header = String::with_capacity(header_start.len() + 64);
-    header.push_str(header_start);
-    if let Some(authors) = authors {
-        header.push_str(",\"participants\":");
-        header.push_str(authors);
-    }
-    header.push('}');
-    roomd_sync::room_protocol::queued_payload(
+    let start = header_start.as_bytes();
+    let parts: [&[u8]; 4] = match authors {
+        Some(authors) => [start, b",\"participants\":", authors.as_bytes(), b"}"],
+        None => [start, b"}", b"", b""],
+    };
+    roomd_sync::room_protocol::queued_payload_parts(
         id,
         "room.tool_call_response_chunk",
-        header.as_bytes(),
+        &parts,
         data,
     )
 }
@@ -279,22 +295,36 @@ impl Sockets {
             return none;
         };
         let socket = d.socket;
+        // The frame the stream before it was sent, one update alone: the same chunk, under
+        // this socket's message id and this stream's header.
+        if let Some(last) = self.last_b64.as_ref().filter(|l| l.whole && l.of(frame)) {
+            if d.state_sent {
+                let id = self.next_id(socket);
+                return (
+                    socket,
+                    vec![sync_chunk(id, &d.sync_header, authors, &last.b64)],
+                );
+            }
+        }
         let Ok(messages) = decode_frame(frame, limits) else {
             return none;
         };
+        let whole = matches!(messages[..], [Message::Sync(SyncMessage::Update(_))]);
         let b64 = base64::engine::general_purpose::STANDARD;
         let Some(d) = self.streams.get_mut(&stream) else {
             return none;
         };
         let last_b64 = &mut self.last_b64;
         let mut encode = |update: &[u8]| -> Bytes {
-            if let Some((f, b)) = last_b64.as_ref() {
-                if f.as_ptr() == frame.as_ptr() && f.len() == frame.len() {
-                    return b.clone();
-                }
+            if let Some(last) = last_b64.as_ref().filter(|l| l.of(frame)) {
+                return last.b64.clone();
             }
             let b = Bytes::from(b64.encode(update).into_bytes());
-            *last_b64 = Some((frame.clone(), b.clone()));
+            *last_b64 = Some(LastUpdate {
+                frame: frame.clone(),
+                b64: b.clone(),
+                whole,
+            });
             b
         };
         let mut out: Vec<Out> = Vec::new();
@@ -1716,10 +1746,10 @@ impl Room {
     /// A host's `room.tool_call_response` (under the id roomd sent the call with): the caller's
     /// answer. `control{open}` makes the call a stream.
     fn hosted_response(&mut self, host: ConnId, id: u64, data: &Bytes, p: &Payload) {
-        let opens = matches!(
-            Content::from_parts(&p.header, p.trailer.clone()),
-            Ok(Content::Control(Control::Open))
-        );
+        // `control{open}` (read from the header as `Content::from_parts` reads it, without
+        // building the answer's content: every other answer is relayed as its bytes).
+        let field = |k: &str| p.header.get(k).and_then(Value::as_str);
+        let opens = field("type") == Some("control") && field("method") == Some("open");
         let Some(call) = self.sockets.hosted.get_mut(&(host, id)) else {
             return;
         };
