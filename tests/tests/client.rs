@@ -764,3 +764,36 @@ async fn a_change_over_the_update_limit_stays_local() {
     b.close().await;
     server.stop().await;
 }
+
+/// Dropping the client and every handle it gave out ends its connection: the others see it
+/// leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_every_handle_ends_the_connection() {
+    let (server, key) = secured().await;
+    let base = format!("ws://{}", server.addr());
+    let a = client(&base, Some(agent(&key, "stays"))).await;
+    let mut ma = a.enable_messaging().await.unwrap();
+    let b = client(&base, Some(agent(&key, "goes"))).await;
+    let idb = b.participant_id().unwrap();
+    let doc = b.open("kept.doc").await.unwrap();
+    b.enable_messaging().await.unwrap();
+    loop {
+        if let MessagingEvent::Joined(p) = next(&mut ma).await {
+            assert_eq!(p.id, idb);
+            break;
+        }
+    }
+    // The document alone keeps the connection.
+    drop(b);
+    push(&doc, "t", "still synced");
+    doc.durable().await.unwrap();
+    drop(doc);
+    loop {
+        if let MessagingEvent::Left { id } = next(&mut ma).await {
+            assert_eq!(id, idb);
+            break;
+        }
+    }
+    a.close().await;
+    server.stop().await;
+}

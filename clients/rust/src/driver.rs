@@ -150,7 +150,9 @@ pub(crate) struct Driver {
     config: Config,
     shared: Arc<Shared>,
     cmds: mpsc::Receiver<Cmd>,
-    sender: mpsc::Sender<Cmd>,
+    /// Weak, so that the connection ends once every handle (client, document, toolkit,
+    /// stream) is dropped.
+    sender: mpsc::WeakSender<Cmd>,
     docs: HashMap<String, Slot>,
     answers: HashMap<u64, Answer>,
     routes: HashMap<String, Route>,
@@ -290,7 +292,7 @@ impl Driver {
         config: Config,
         shared: Arc<Shared>,
         cmds: mpsc::Receiver<Cmd>,
-        sender: mpsc::Sender<Cmd>,
+        sender: mpsc::WeakSender<Cmd>,
     ) -> Driver {
         Driver {
             config,
@@ -653,11 +655,11 @@ impl Driver {
             Cmd::Open { options, reply } => {
                 let path = options.path.clone();
                 if let Some(slot) = self.docs.get(&path) {
-                    let doc = Document {
+                    let doc = self.sender.upgrade().map(|cmds| Document {
                         shared: slot.shared.clone(),
-                        cmds: self.sender.clone(),
-                    };
-                    let _ = reply.send(Ok(doc));
+                        cmds,
+                    });
+                    let _ = reply.send(doc.ok_or(Error::Closed));
                     return Ok(());
                 }
                 let shared = match DocShared::new(path.clone(), self.shared.notify.clone()) {
@@ -1047,10 +1049,8 @@ impl Driver {
             slot.waiter.take().map(|w| (w, slot.shared.clone()))
         };
         if let Some((w, shared)) = doc {
-            let _ = w.send(Ok(Document {
-                shared,
-                cmds: self.sender.clone(),
-            }));
+            let doc = self.sender.upgrade().map(|cmds| Document { shared, cmds });
+            let _ = w.send(doc.ok_or(Error::Closed));
         }
         self.flush_local().await
     }
@@ -1198,7 +1198,11 @@ impl Driver {
                 .and_then(Value::as_str)
                 .map(str::to_string),
         };
-        let (sender, session) = (self.sender.clone(), self.session);
+        // No handle left: the client is going away, and the call goes unanswered.
+        let Some(sender) = self.sender.upgrade() else {
+            return Ok(());
+        };
+        let session = self.session;
         tokio::spawn(async move {
             let content = match handler(call).await {
                 Ok(c) => c,

@@ -327,7 +327,9 @@ impl HostedToolkit {
     }
 }
 
-/// A participant's connection to a room. Cheap to clone: clones share the connection.
+/// A participant's connection to a room. Cheap to clone: clones share the connection, which
+/// ends once the client, its clones and every handle it gave out (documents, hosted toolkits,
+/// streams) are dropped, or when [`RoomClient::close`] is called.
 #[derive(Debug, Clone)]
 pub struct RoomClient {
     shared: Arc<Shared>,
@@ -350,7 +352,7 @@ impl RoomClient {
             participants: Mutex::new(BTreeMap::new()),
         });
         let (tx, rx) = mpsc::channel(driver::COMMANDS);
-        let d = Driver::new(config, shared.clone(), rx, tx.clone());
+        let d = Driver::new(config, shared.clone(), rx, tx.downgrade());
         tokio::spawn(d.run(first));
         Ok(RoomClient { shared, cmds: tx })
     }
