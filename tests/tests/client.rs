@@ -506,7 +506,88 @@ async fn messaging_tools_and_logs_between_two_clients() {
         .tool(Tool::new("fail", |_call| async move {
             Err(ToolError::with_code(ErrorCode::Conflict, "always fails"))
         }));
+    let toolkit = toolkit
+        .tool(Tool::streaming("shout", |_call, mut stream| async move {
+            while let Some(chunk) = stream.next_input().await {
+                let Content::Text(t) = chunk else {
+                    return Err(ToolError::with_code(ErrorCode::InvalidRequest, "text only"));
+                };
+                stream.send(Content::Text(t.to_uppercase())).await?;
+            }
+            Ok(())
+        }))
+        .tool(Tool::streaming("count_to", |call, stream| async move {
+            let Content::Json(v) = call.arguments else {
+                return Err(ToolError::new("json input"));
+            };
+            for i in 1..=v["n"].as_i64().unwrap_or(0) {
+                stream.send(Content::Json(json!(i))).await?;
+            }
+            Ok(())
+        }));
     let hosted = b.host(toolkit).await.unwrap();
+    // Streamed both ways: each input chunk answered in capitals, then the close.
+    let mut shout = a
+        .invoke_stream(
+            "words",
+            "shout",
+            Content::Control(roomd_client::Control::Open),
+        )
+        .await
+        .unwrap();
+    for w in ["one", "two"] {
+        shout.send_input(Content::Text(w.into())).await.unwrap();
+    }
+    shout.close_input().await.unwrap();
+    let mut got = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(WAIT, shout.next()).await.unwrap() {
+        got.push(chunk.unwrap());
+    }
+    assert_eq!(
+        got,
+        [
+            Content::Text("ONE".into()),
+            Content::Text("TWO".into()),
+            Content::Control(roomd_client::Control::Close {
+                status_code: Some(1000),
+                message: None
+            })
+        ]
+    );
+    // A plain input, a streamed answer.
+    let mut counted = a
+        .invoke_stream("words", "count_to", Content::Json(json!({"n": 3})))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(WAIT, counted.next()).await.unwrap() {
+        got.push(chunk.unwrap());
+    }
+    assert_eq!(&got[..3], [json!(1), json!(2), json!(3)].map(Content::Json));
+    assert!(matches!(
+        got[3],
+        Content::Control(roomd_client::Control::Close { .. })
+    ));
+    // The stock Python SDK reads the toolkit's description, streamed tools included.
+    let sdk = agent(&key, "sdk");
+    let out = roomd_tests::run_python(
+        "room_call.py",
+        &[&base, ROOM, &sdk, "words", "count", r#"{"text": "a b c"}"#],
+    )
+    .await;
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            r#"["count", "count_to", "fail", "shout"]"#,
+            r#"{"words": 3}"#
+        ]
+    );
+    // A plain call of a streamed tool is refused on the caller's side.
+    let streamed = a
+        .invoke("words", "count_to", Content::Json(json!({"n": 1})))
+        .await
+        .unwrap_err();
+    assert!(matches!(streamed, Error::Protocol(_)), "{streamed}");
     let listed = a.list_toolkits().await.unwrap();
     assert_eq!(listed["words"]["participant_id"], json!(idb), "{listed}");
     let out: Value = a

@@ -24,7 +24,7 @@ use yrs::{ReadTxn, Transact, Update};
 
 use crate::document::{Author, Change, DocEvent, DocShared, Document, REMOTE};
 use crate::error::{Error, Result};
-use crate::tools::{ToolCall, Toolkit};
+use crate::tools::{Handler, ToolCall, ToolStream, Toolkit};
 use crate::{Config, MessagingEvent, OpenOptions, Participant, Status};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -33,6 +33,8 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub(crate) const COMMANDS: usize = 1024;
 /// How many packets may wait for the socket.
 const WRITE_QUEUE: usize = 4096;
+/// Chunks of a streamed input to a hosted tool that wait for its handler.
+const CHUNKS_IN: usize = 1024;
 /// Local updates kept while offline before they are merged.
 const UNSENT_MERGE: usize = 64;
 /// The largest update the client makes by merging its own (the server's limit on an update
@@ -66,6 +68,8 @@ pub(crate) enum Cmd {
     },
     /// Ends the input stream of a call.
     EndInput(String),
+    /// A chunk of a call's input stream.
+    InputChunk(String, Content),
     Open {
         options: OpenOptions,
         reply: oneshot::Sender<Result<Document>>,
@@ -80,6 +84,13 @@ pub(crate) enum Cmd {
     Respond {
         session: u64,
         id: u64,
+        content: Content,
+    },
+    /// A chunk of a hosted tool's streamed answer.
+    RespondChunk {
+        session: u64,
+        id: u64,
+        tool_call_id: String,
         content: Content,
     },
     Messaging {
@@ -157,6 +168,8 @@ pub(crate) struct Driver {
     answers: HashMap<u64, Answer>,
     routes: HashMap<String, Route>,
     hosted: BTreeMap<u64, Hosted>,
+    /// The input streams of hosted tools' calls, by tool call id.
+    inputs: HashMap<String, mpsc::Sender<Content>>,
     next_hosted: u64,
     messaging: bool,
     next_id: u64,
@@ -303,6 +316,7 @@ impl Driver {
             answers: HashMap::new(),
             routes: HashMap::new(),
             hosted: BTreeMap::new(),
+            inputs: HashMap::new(),
             next_hosted: 0,
             messaging: false,
             next_id: 0,
@@ -444,7 +458,12 @@ impl Driver {
             Cmd::Unhost(n) => {
                 self.hosted.remove(&n);
             }
-            Cmd::Notice { .. } | Cmd::EndInput(_) | Cmd::Respond { .. } | Cmd::Shutdown => {}
+            Cmd::Notice { .. }
+            | Cmd::EndInput(_)
+            | Cmd::InputChunk(..)
+            | Cmd::Respond { .. }
+            | Cmd::RespondChunk { .. }
+            | Cmd::Shutdown => {}
         }
     }
 
@@ -648,8 +667,13 @@ impl Driver {
                 }
             }
             Cmd::EndInput(call) => {
-                if self.routes.remove(&call).is_some() {
+                if self.routes.contains_key(&call) {
                     self.close_input(&call).await?;
+                }
+            }
+            Cmd::InputChunk(call, chunk) => {
+                if self.routes.contains_key(&call) {
+                    self.chunk(&call, &chunk).await?;
                 }
             }
             Cmd::Open { options, reply } => {
@@ -715,6 +739,20 @@ impl Driver {
             } => {
                 if session == self.session {
                     self.send_as(id, "room.tool_call_response", &content.encode())
+                        .await?;
+                }
+            }
+            Cmd::RespondChunk {
+                session,
+                id,
+                tool_call_id,
+                content,
+            } => {
+                if session == self.session {
+                    let (chunk, trailer) = content.to_parts();
+                    let header = json!({"tool_call_id": tool_call_id, "chunk": chunk});
+                    let data = Payload::encode(&header, &trailer);
+                    self.send_as(id, "room.tool_call_response_chunk", &data)
                         .await?;
                 }
             }
@@ -862,8 +900,10 @@ impl Driver {
             k if k.starts_with("room.tool_call.") => {
                 self.hosted_call(id, &k["room.tool_call.".len()..], p).await
             }
-            // Hosted tools here take one input: a streamed input's chunks are not read.
-            k if k.starts_with("room.tool_call_request_chunk.") => Ok(()),
+            k if k.starts_with("room.tool_call_request_chunk.") => {
+                self.hosted_input(&p);
+                Ok(())
+            }
             other => {
                 tracing::debug!(kind = other, "message ignored");
                 Ok(())
@@ -1185,9 +1225,16 @@ impl Driver {
                 .send_as(id, "room.tool_call_response", &content.encode())
                 .await;
         };
+        // No handle left: the client is going away, and the call goes unanswered.
+        let Some(sender) = self.sender.upgrade() else {
+            return Ok(());
+        };
+        let session = self.session;
+        let tool_call_id = str_of(h, "tool_call_id");
+        let streamed_input = matches!(arguments, Content::Control(Control::Open));
         let call = ToolCall {
             tool: tool_name,
-            tool_call_id: str_of(h, "tool_call_id"),
+            tool_call_id: tool_call_id.clone(),
             arguments,
             caller_id: h
                 .get("caller_id")
@@ -1198,28 +1245,88 @@ impl Driver {
                 .and_then(Value::as_str)
                 .map(str::to_string),
         };
-        // No handle left: the client is going away, and the call goes unanswered.
-        let Some(sender) = self.sender.upgrade() else {
-            return Ok(());
-        };
-        let session = self.session;
-        tokio::spawn(async move {
-            let content = match handler(call).await {
-                Ok(c) => c,
-                Err(e) => Content::Error {
-                    text: e.message,
-                    code: e.code.map(|c| c as i64),
-                },
-            };
-            let _ = sender
-                .send(Cmd::Respond {
+        match handler {
+            Handler::Plain(handler) => {
+                tokio::spawn(async move {
+                    let content = handler(call).await.unwrap_or_else(error_content);
+                    let _ = sender
+                        .send(Cmd::Respond {
+                            session,
+                            id,
+                            content,
+                        })
+                        .await;
+                });
+            }
+            Handler::Streaming(handler) => {
+                let input = streamed_input.then(|| {
+                    let (tx, rx) = mpsc::channel(CHUNKS_IN);
+                    self.inputs.insert(tool_call_id.clone(), tx);
+                    rx
+                });
+                let stream = ToolStream {
+                    input,
+                    out: sender.clone(),
                     session,
                     id,
-                    content,
-                })
-                .await;
-        });
+                    tool_call_id: tool_call_id.clone(),
+                };
+                tokio::spawn(async move {
+                    let open = Cmd::Respond {
+                        session,
+                        id,
+                        content: Content::Control(Control::Open),
+                    };
+                    if sender.send(open).await.is_err() {
+                        return;
+                    }
+                    let chunk = |content| Cmd::RespondChunk {
+                        session,
+                        id,
+                        tool_call_id: tool_call_id.clone(),
+                        content,
+                    };
+                    if let Err(e) = handler(call, stream).await {
+                        let _ = sender.send(chunk(error_content(e))).await;
+                    }
+                    let close = Content::Control(Control::Close {
+                        status_code: Some(1000),
+                        message: None,
+                    });
+                    let _ = sender.send(chunk(close)).await;
+                });
+            }
+        }
         Ok(())
+    }
+
+    /// A chunk of a streamed input to one of this client's tools: to its handler. An input
+    /// its handler does not keep up with is ended.
+    fn hosted_input(&mut self, p: &Payload) {
+        let call = str_of(&p.header, "tool_call_id");
+        let chunk = match p.header.get("chunk") {
+            Some(Value::Object(c)) => Content::from_parts(c, p.trailer.clone()),
+            _ => return,
+        };
+        let Some(tx) = self.inputs.get(&call) else {
+            return;
+        };
+        let Ok(chunk) = chunk else {
+            self.inputs.remove(&call);
+            return;
+        };
+        let closes = matches!(chunk, Content::Control(Control::Close { .. }));
+        if tx.try_send(chunk).is_err() || closes {
+            self.inputs.remove(&call);
+        }
+    }
+}
+
+/// A tool's failure as the `error` content it is answered with.
+fn error_content(e: crate::tools::ToolError) -> Content {
+    Content::Error {
+        text: e.message,
+        code: e.code.map(|c| c as i64),
     }
 }
 

@@ -53,7 +53,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 pub use document::{Author, Change, Changes, DocEvent, Document, CHANGES_BUFFER};
 pub use error::{Error, Result};
 pub use roomd_sync::room_protocol::{Content, Control, ErrorCode};
-pub use tools::{Tool, ToolCall, ToolError, Toolkit};
+pub use tools::{Tool, ToolCall, ToolError, ToolStream, Toolkit};
 
 use driver::{Cmd, Driver, Shared};
 
@@ -263,6 +263,29 @@ impl Chunks {
     /// a lost connection ends it with `Err(Error::Disconnected)`.
     pub async fn next(&mut self) -> Option<Result<Content>> {
         self.rx.recv().await
+    }
+
+    /// Sends a chunk of the call's input stream (opened by `Content::Control(Control::Open)`
+    /// as its input).
+    pub async fn send_input(&self, chunk: Content) -> Result<()> {
+        if !self.input_open {
+            return Err(Error::Protocol("the call's input is not a stream".into()));
+        }
+        self.cmds
+            .send(Cmd::InputChunk(self.call.clone(), chunk))
+            .await
+            .map_err(|_| Error::Closed)
+    }
+
+    /// Closes the call's input stream (dropping the [`Chunks`] does too).
+    pub async fn close_input(&mut self) -> Result<()> {
+        if !std::mem::replace(&mut self.input_open, false) {
+            return Ok(());
+        }
+        self.cmds
+            .send(Cmd::EndInput(self.call.clone()))
+            .await
+            .map_err(|_| Error::Closed)
     }
 }
 

@@ -5,7 +5,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use roomd_sync::room_protocol::{Content, ErrorCode};
+use roomd_sync::room_protocol::{Content, Control, ErrorCode};
+use tokio::sync::mpsc;
+
+use crate::driver::Cmd;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -58,8 +61,55 @@ impl std::fmt::Display for ToolError {
     }
 }
 
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Content, ToolError>> + Send>>;
-pub(crate) type Handler = Arc<dyn Fn(ToolCall) -> BoxFuture + Send + Sync>;
+type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, ToolError>> + Send>>;
+
+/// What runs a tool's calls.
+#[derive(Clone)]
+pub(crate) enum Handler {
+    /// One input, one answer.
+    Plain(Arc<dyn Fn(ToolCall) -> BoxFuture<Content> + Send + Sync>),
+    /// An answer streamed in chunks, and the input's chunks if it is a stream.
+    Streaming(Arc<dyn Fn(ToolCall, ToolStream) -> BoxFuture<()> + Send + Sync>),
+}
+
+/// A streamed call's two directions, for a [`Tool::streaming`] handler: the input's chunks
+/// (when the caller streams its input) and the answer's.
+#[derive(Debug)]
+pub struct ToolStream {
+    pub(crate) input: Option<mpsc::Receiver<Content>>,
+    pub(crate) out: mpsc::Sender<Cmd>,
+    pub(crate) session: u64,
+    pub(crate) id: u64,
+    pub(crate) tool_call_id: String,
+}
+
+impl ToolStream {
+    /// Sends a chunk of the answer (after which the caller reads it as it comes).
+    pub async fn send(&self, chunk: Content) -> Result<(), ToolError> {
+        self.out
+            .send(Cmd::RespondChunk {
+                session: self.session,
+                id: self.id,
+                tool_call_id: self.tool_call_id.clone(),
+                content: chunk,
+            })
+            .await
+            .map_err(|_| ToolError::new("the client is closed"))
+    }
+
+    /// The next chunk of a streamed input; `None` once the caller closed it, or if the input
+    /// was not a stream (its content is then the call's `arguments`).
+    pub async fn next_input(&mut self) -> Option<Content> {
+        let c = self.input.as_mut()?.recv().await?;
+        match c {
+            Content::Control(Control::Close { .. }) => {
+                self.input = None;
+                None
+            }
+            c => Some(c),
+        }
+    }
+}
 
 /// A tool: its description and its handler.
 #[derive(Clone)]
@@ -84,14 +134,50 @@ impl Tool {
         F: Fn(ToolCall) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Content, ToolError>> + Send + 'static,
     {
-        let name = name.into();
+        Tool::with_handler(
+            name.into(),
+            Handler::Plain(Arc::new(move |call| Box::pin(handler(call)))),
+        )
+    }
+
+    fn with_handler(name: String, handler: Handler) -> Tool {
         Tool {
             title: name.clone(),
             name,
             description: String::new(),
             input_schema: None,
-            handler: Arc::new(move |call| Box::pin(handler(call))),
+            handler,
         }
+    }
+
+    /// A tool whose answer is a stream: its handler sends chunks through the [`ToolStream`]
+    /// and reads a streamed input from it; the client answers the call `control{open}` first
+    /// and closes the stream when the handler returns (after an `error` chunk if it failed).
+    ///
+    /// ```no_run
+    /// # async fn example(client: roomd_client::RoomClient) -> Result<(), roomd_client::Error> {
+    /// use roomd_client::{Content, Tool, ToolError, Toolkit};
+    ///
+    /// let shout = Tool::streaming("shout", |_call, mut stream| async move {
+    ///     while let Some(Content::Text(t)) = stream.next_input().await {
+    ///         stream.send(Content::Text(t.to_uppercase())).await?;
+    ///     }
+    ///     Ok::<_, ToolError>(())
+    /// });
+    /// let _hosted = client.host(Toolkit::new("voice").tool(shout)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn streaming<F, Fut>(name: impl Into<String>, handler: F) -> Tool
+    where
+        F: Fn(ToolCall, ToolStream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), ToolError>> + Send + 'static,
+    {
+        Tool::with_handler(
+            name.into(),
+            Handler::Streaming(Arc::new(move |call, stream| {
+                Box::pin(handler(call, stream))
+            })),
+        )
     }
 
     /// A tool with a typed handler: its JSON input is read as `I` (a call whose input does not
@@ -147,15 +233,18 @@ impl Tool {
     }
 
     fn describe(&self) -> Value {
+        let stream = matches!(self.handler, Handler::Streaming(_));
         let input_spec = self
             .input_schema
             .as_ref()
             .map(|s| json!({"types": ["json"], "stream": false, "schema": s}));
+        let output_spec =
+            stream.then(|| json!({"types": ["json", "text", "binary"], "stream": true}));
         json!({
             "title": self.title,
             "description": self.description,
             "input_spec": input_spec,
-            "output_spec": null,
+            "output_spec": output_spec,
             "defs": null,
             "strict": false,
         })
