@@ -878,3 +878,74 @@ async fn dropping_every_handle_ends_the_connection() {
     a.close().await;
     server.stop().await;
 }
+
+/// A TCP proxy to `upstream` whose connections open before each `freeze` increment stop
+/// carrying bytes without closing: a network that drops everything.
+async fn freezing_proxy(
+    upstream: std::net::SocketAddr,
+) -> (std::net::SocketAddr, tokio::sync::watch::Sender<u64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (freeze, epochs) = tokio::sync::watch::channel(0u64);
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let mut epochs = epochs.clone();
+            let epoch = *epochs.borrow();
+            tokio::spawn(async move {
+                let mut server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                let frozen = tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+                    r = epochs.wait_for(|e| *e > epoch) => r.is_ok(),
+                };
+                if frozen {
+                    // Both sockets stay open and carry nothing.
+                    std::future::pending::<()>().await;
+                }
+            });
+        }
+    });
+    (addr, freeze)
+}
+
+/// A connection on which the server falls silent (no frame, not even its pings) is taken for
+/// lost after the silence timeout and made again; the document syncs over the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_taken_for_lost_and_made_again() {
+    let server = TestServer::start_with(|c| {
+        c.keepalive_interval = Duration::from_millis(100);
+    })
+    .await;
+    let (addr, freeze) = freezing_proxy(server.addr()).await;
+    let mut config = Config::new(format!("ws://{addr}"), ROOM, None);
+    config.silence_timeout = Duration::from_secs(1);
+    config.backoff_initial = Duration::from_millis(20);
+    let c = RoomClient::connect(config).await.unwrap();
+    let doc = c.open("quiet.doc").await.unwrap();
+    let mut status = c.status();
+    freeze.send_replace(1);
+    let lost = tokio::time::timeout(
+        WAIT,
+        status.wait_for(|s| matches!(s, Status::Disconnected { .. })),
+    )
+    .await
+    .expect("the silence was not noticed")
+    .unwrap()
+    .clone();
+    assert!(
+        matches!(&lost, Status::Disconnected { error } if error.contains("nothing from the server")),
+        "{lost:?}"
+    );
+    tokio::time::timeout(WAIT, c.connected())
+        .await
+        .expect("not connected again")
+        .unwrap();
+    push(&doc, "t", "after the silence");
+    tokio::time::timeout(WAIT, doc.durable())
+        .await
+        .expect("not durable over the new connection")
+        .unwrap();
+    let fresh = YClient::connect(&server.doc_url(ROOM, "quiet.doc"), 51).await;
+    assert_eq!(fresh.text("t"), "after the silence");
+    c.close().await;
+    server.stop().await;
+}

@@ -514,9 +514,15 @@ impl Driver {
         if let Err(e) = self.restore().await {
             return End::Lost(e);
         }
+        let silence = self.config.silence_timeout;
+        let quiet = tokio::time::sleep(silence);
+        tokio::pin!(quiet);
         loop {
             let r = tokio::select! {
-                packet = stream.next() => match packet {
+                packet = stream.next() => {
+                    // Any frame, a ping included, shows the server is there.
+                    quiet.as_mut().reset(tokio::time::Instant::now() + silence);
+                    match packet {
                     None => Err(Error::Connection("the server closed the connection".into())),
                     Some(Err(e)) => Err(Error::Connection(e.to_string())),
                     Some(Ok(Message::Binary(p))) => match assemble(&mut assembler, &p) {
@@ -529,7 +535,12 @@ impl Driver {
                         f.map(|f| format!("{} {}", u16::from(f.code), f.reason)).unwrap_or_default()
                     ))),
                     Some(Ok(_)) => Ok(()),
+                    }
                 },
+                () = &mut quiet => Err(Error::Connection(format!(
+                    "nothing from the server for {} ms",
+                    silence.as_millis()
+                ))),
                 cmd = self.cmds.recv() => match cmd {
                     None | Some(Cmd::Shutdown) => return End::Shutdown,
                     Some(cmd) => self.command(cmd).await,

@@ -77,6 +77,10 @@ pub struct Config {
     /// limit (`--message-bytes-max`, 8 MiB by default). A larger change stays local and its
     /// document's readers get [`DocEvent::Refused`].
     pub update_bytes_max: usize,
+    /// How long the server may send nothing (roomd pings every keep-alive interval, 15 s by
+    /// default) before the connection is taken for lost and made again: a network that drops
+    /// packets without closing the connection is noticed.
+    pub silence_timeout: Duration,
 }
 
 impl Config {
@@ -90,6 +94,7 @@ impl Config {
             backoff_max: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(30),
             update_bytes_max: 8 << 20,
+            silence_timeout: Duration::from_secs(45),
         }
     }
 
