@@ -645,6 +645,22 @@ impl YClient {
             .await;
     }
 
+    /// Appends a MeshDocument `paragraph` element (`$id` `id`, `text` `text`) to the `xml`
+    /// root, as an editor sharing content with room-protocol clients does, and sends it.
+    pub async fn push_paragraph(&mut self, id: &str, text: &str) {
+        use yrs::{Xml, XmlElementPrelim, XmlFragment};
+        let update = {
+            let xml = self.doc.get_or_insert_xml_fragment("xml");
+            let mut txn = self.doc.transact_mut();
+            let p = xml.push_back(&mut txn, XmlElementPrelim::empty("paragraph"));
+            p.insert_attribute(&mut txn, "$id", id);
+            p.insert_attribute(&mut txn, "text", text);
+            txn.encode_update_v1()
+        };
+        self.send(YMessage::Sync(SyncMessage::Update(&update)))
+            .await;
+    }
+
     /// Processes frames until a permission-denied message arrives; returns its reason.
     pub async fn until_permission_denied(&mut self) -> String {
         self.until(|c| !c.denied.is_empty()).await;

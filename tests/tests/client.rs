@@ -53,15 +53,22 @@ async fn next(m: &mut roomd_client::Messages) -> MessagingEvent {
         .unwrap()
 }
 
-async fn until_text(doc: &Document, name: &str, want: &str) {
+/// Waits until text `name` of `doc` satisfies `done`; returns it.
+async fn until_text_is(doc: &Document, name: &str, done: impl Fn(&str) -> bool) -> String {
+    // Subscribed before the first look, so no change between the two is missed.
     let mut changes = doc.changes();
     let text = doc.doc().get_or_insert_text(name);
     loop {
-        if text.get_string(&doc.doc().transact()) == want {
-            return;
+        let now = text.get_string(&doc.doc().transact());
+        if done(&now) {
+            return now;
         }
         next_event(&mut changes).await;
     }
+}
+
+async fn until_text(doc: &Document, name: &str, want: &str) {
+    until_text_is(doc, name, |t| t == want).await;
 }
 
 fn push(doc: &Document, name: &str, s: &str) {
@@ -263,23 +270,10 @@ async fn edits_made_offline_merge_on_reconnect() {
     })
     .await
     .expect("offline edits not durable in time");
-    let text_a = da.doc().get_or_insert_text("t");
-    let want = loop {
-        let ta = text_a.get_string(&da.doc().transact());
-        let tb = db
-            .doc()
-            .get_or_insert_text("t")
-            .get_string(&db.doc().transact());
-        if ta == tb && ta.len() == "online;".len() + 10 * 3 {
-            break ta;
-        }
-        let mut changes = da.changes();
-        if ta.len() < "online;".len() + 10 * 3 {
-            next_event(&mut changes).await;
-        } else {
-            until_text(&db, "t", &ta).await;
-        }
-    };
+    // Each holds its own edits and, once the other's arrive, all of them.
+    let full = "online;".len() + 10 * 3;
+    let want = until_text_is(&da, "t", |t| t.len() == full).await;
+    assert_eq!(until_text_is(&db, "t", |t| t.len() == full).await, want);
     for i in 0..5 {
         assert!(want.contains(&format!("a{i};")) && want.contains(&format!("b{i};")));
     }
@@ -719,7 +713,6 @@ async fn until_word_count(doc: &Document, want: &str) {
 /// word count in a derived document and answer calls of their `words` toolkit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_agents_keep_word_counts_and_answer_calls() {
-    use yrs::{Xml, XmlElementPrelim, XmlFragment};
     let (server, key) = secured().await;
     let base = format!("ws://{}", server.addr());
     for (room, mut command) in [
@@ -759,19 +752,7 @@ async fn the_example_agents_keep_word_counts_and_answer_calls() {
             YClient::connect_authorized(&server.doc_url(room, "notes/plan.doc"), &editor_token, 21)
                 .await;
         for (id, text) in [("p1", "one two three"), ("p2", "four five")] {
-            let update = {
-                let xml = editor.doc.get_or_insert_xml_fragment("xml");
-                let mut txn = editor.doc.transact_mut();
-                let p = xml.push_back(&mut txn, XmlElementPrelim::empty("paragraph"));
-                p.insert_attribute(&mut txn, "$id", id);
-                p.insert_attribute(&mut txn, "text", text);
-                txn.encode_update_v1()
-            };
-            editor
-                .send(roomd_sync::Message::Sync(roomd_sync::SyncMessage::Update(
-                    &update,
-                )))
-                .await;
+            editor.push_paragraph(id, text).await;
         }
         until_word_count(&stats, "5 words in 2 blocks").await;
 
@@ -947,5 +928,57 @@ async fn a_silent_connection_is_taken_for_lost_and_made_again() {
     let fresh = YClient::connect(&server.doc_url(ROOM, "quiet.doc"), 51).await;
     assert_eq!(fresh.text("t"), "after the silence");
     c.close().await;
+    server.stop().await;
+}
+
+/// A streamed call this client hosts ends with the connection it came on: its handler reads
+/// the end of its input instead of waiting for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hosted_streamed_call_ends_with_its_connection() {
+    let server = TestServer::start_with(|c| {
+        c.keepalive_interval = Duration::from_millis(100);
+    })
+    .await;
+    let (addr, freeze) = freezing_proxy(server.addr()).await;
+    let mut config = Config::new(format!("ws://{addr}"), ROOM, None);
+    config.silence_timeout = Duration::from_secs(1);
+    let host = RoomClient::connect(config).await.unwrap();
+    let (first_tx, first) = tokio::sync::oneshot::channel();
+    let (ended_tx, ended) = tokio::sync::oneshot::channel();
+    let slots = std::sync::Mutex::new(Some((first_tx, ended_tx)));
+    let listen = Tool::streaming("listen", move |_call, mut stream| {
+        let (first_tx, ended_tx) = slots.lock().unwrap().take().unwrap();
+        async move {
+            let got = stream.next_input().await;
+            let _ = first_tx.send(got);
+            let _ = ended_tx.send(stream.next_input().await);
+            Ok(())
+        }
+    });
+    let _hosted = host.host(Toolkit::new("ears").tool(listen)).await.unwrap();
+    let caller = client(&format!("ws://{}", server.addr()), None).await;
+    let call = caller
+        .invoke_stream(
+            "ears",
+            "listen",
+            Content::Control(roomd_client::Control::Open),
+        )
+        .await
+        .unwrap();
+    call.send_input(Content::Text("hello".into()))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(WAIT, first).await.unwrap().unwrap();
+    assert_eq!(got, Some(Content::Text("hello".into())));
+    // The host's connection goes silent and is taken for lost: the call's input ends.
+    freeze.send_replace(1);
+    let after = tokio::time::timeout(WAIT, ended)
+        .await
+        .expect("the handler still waits for input of a lost call")
+        .unwrap();
+    assert_eq!(after, None);
+    drop(call);
+    caller.close().await;
+    host.close().await;
     server.stop().await;
 }

@@ -6,10 +6,10 @@
 use futures_util::{SinkExt, StreamExt};
 use roomd_room_apis::{ApiKey, ApiScope};
 use roomd_sync::room_protocol::{encode_message, Payload};
-use roomd_sync::{CloseCode, Message as YMessage, SyncMessage};
+use roomd_sync::CloseCode;
 use roomd_tests::{connect_with_headers, TestServer, YClient};
 use tokio_tungstenite::tungstenite::Message;
-use yrs::{Transact, Xml, XmlElementPrelim, XmlFragment};
+use yrs::{Transact, Xml, XmlFragment};
 
 const ROOM: &str = "agents";
 
@@ -41,15 +41,7 @@ async fn two_sdk_clients_and_a_yjs_editor_share_one_document() {
     let editor = token_for(&key, "editor", ROOM, ApiScope::user_default());
     let path = "notes/plan.doc";
     let mut y = YClient::connect_authorized(&server.doc_url(ROOM, path), &editor, 7).await;
-    let update = {
-        let xml = y.doc.get_or_insert_xml_fragment("xml");
-        let mut txn = y.doc.transact_mut();
-        let p = xml.push_back(&mut txn, XmlElementPrelim::empty("paragraph"));
-        p.insert_attribute(&mut txn, "$id", "from-the-editor");
-        p.insert_attribute(&mut txn, "text", "editor 0");
-        txn.encode_update_v1()
-    };
-    y.send(YMessage::Sync(SyncMessage::Update(&update))).await;
+    y.push_paragraph("from-the-editor", "editor 0").await;
     y.round_trip().await;
 
     let base = format!("ws://{}", server.addr());
@@ -529,15 +521,7 @@ async fn a_stock_sdk_client_reconnects_across_a_server_restart() {
     server = roomd_tests::spawn_roomd(&data, port, &[]).await;
     let mut y = YClient::connect(&doc_url, 32).await;
     assert_eq!(paragraphs(&y), ["online"], "the acknowledged edit survived");
-    let update = {
-        let xml = y.doc.get_or_insert_xml_fragment("xml");
-        let mut txn = y.doc.transact_mut();
-        let p = xml.push_back(&mut txn, XmlElementPrelim::empty("paragraph"));
-        p.insert_attribute(&mut txn, "$id", "from-the-editor");
-        p.insert_attribute(&mut txn, "text", "from the editor");
-        txn.encode_update_v1()
-    };
-    y.send(YMessage::Sync(SyncMessage::Update(&update))).await;
+    y.push_paragraph("from-the-editor", "from the editor").await;
     stdin.write_all(b"up\n").await.unwrap();
     expect("ok").await;
     y.until(|c| {
@@ -618,15 +602,7 @@ async fn the_typescript_sdk_shares_a_document_with_an_editor() {
     let path = "notes/ts.doc";
     let editor = token_for(&key, "editor", ROOM, ApiScope::user_default());
     let mut y = YClient::connect_authorized(&server.doc_url(ROOM, path), &editor, 41).await;
-    let update = {
-        let xml = y.doc.get_or_insert_xml_fragment("xml");
-        let mut txn = y.doc.transact_mut();
-        let p = xml.push_back(&mut txn, XmlElementPrelim::empty("paragraph"));
-        p.insert_attribute(&mut txn, "$id", "from-the-editor");
-        p.insert_attribute(&mut txn, "text", "from the editor");
-        txn.encode_update_v1()
-    };
-    y.send(YMessage::Sync(SyncMessage::Update(&update))).await;
+    y.push_paragraph("from-the-editor", "from the editor").await;
     y.round_trip().await;
     let agent = token_for(&key, "ts-agent", ROOM, ApiScope::agent_default());
     let dir = roomd_tests::repo_root().join("tests/interop");

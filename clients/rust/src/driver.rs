@@ -372,6 +372,9 @@ impl Driver {
         for h in self.hosted.values_mut() {
             h.id = None;
         }
+        // The calls of this client's streamed tools end with the connection: their handlers
+        // read the end of their input.
+        self.inputs.clear();
         self.shared.participants.lock().map(|mut p| p.clear()).ok();
         self.shared.status.send_replace(Status::Disconnected {
             error: e.to_string(),
@@ -760,6 +763,10 @@ impl Driver {
                 content,
             } => {
                 if session == self.session {
+                    if matches!(content, Content::Control(Control::Close { .. })) {
+                        // The handler is done: no more of its input is wanted.
+                        self.inputs.remove(&tool_call_id);
+                    }
                     let (chunk, trailer) = content.to_parts();
                     let header = json!({"tool_call_id": tool_call_id, "chunk": chunk});
                     let data = Payload::encode(&header, &trailer);
