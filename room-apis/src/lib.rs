@@ -1,15 +1,18 @@
 //! roomd's room core semantics, protocol-agnostic and sans-IO: API keys, participant tokens and
-//! the scopes they grant, and the participants of a room's session.
+//! the scopes they grant, the participants of a room's session, and the room's work queues.
 //!
 //! Keys and tokens are in the MeshAgent format, so tokens minted by the MeshAgent SDKs work
 //! unchanged. Nothing here does I/O, reads the clock or draws random numbers: the time is a
 //! parameter of [`token::verify`], random bytes are parameters of [`ids::ProjectId::from_random`]
 //! and [`keys::ApiKey::generate`], and stored keys are reached through [`token::KeyLookup`].
+//! The work queues of [`queue::Queues`] take the time as a parameter too and return the records
+//! the server is to persist from every mutation.
 
 pub mod forbidden;
 pub mod ids;
 pub mod keys;
 pub mod participants;
+pub mod queue;
 pub mod schema;
 pub mod scope;
 pub mod token;
