@@ -4,6 +4,7 @@
 //! touches a `yrs::Doc` directly and never sees a panic from a malformed update.
 
 mod limits;
+pub mod structure;
 #[cfg(feature = "trace")]
 pub mod trace;
 mod v1;

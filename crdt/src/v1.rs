@@ -652,3 +652,246 @@ mod tests {
         );
     }
 }
+
+/// A value of `Any` content as the rules read it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AnyValue {
+    /// `undefined`.
+    Undefined,
+    /// `null`.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// A number (integers, floats and big integers alike).
+    Number(f64),
+    /// A string.
+    String(String),
+    /// An array, an object or bytes.
+    Other,
+}
+
+/// What an item holds, as the rules read it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StructContent {
+    /// A garbage-collected range, or deleted content: it holds nothing.
+    Gone,
+    /// Text (UTF-16 units).
+    String(String),
+    /// An XML element with its tag.
+    Element(String),
+    /// An XML text.
+    XmlText,
+    /// Any other shared type, by its type reference (0 array, 1 map, 2 text, 4 XML fragment,
+    /// 5 XML hook, 6 XML text, 9 weak link, 15 undefined).
+    Type(u8),
+    /// `Any` values.
+    Values(Vec<AnyValue>),
+    /// Binary, an embed or a formatting mark.
+    Other,
+}
+
+/// Where an item's parent is named in an update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Named {
+    /// By origin (left, then right): the parent is the origin's.
+    Origins(Option<(u64, u32)>, Option<(u64, u32)>),
+    /// A root type by name.
+    Root(String),
+    /// A nested type by the id of the item holding it.
+    Item((u64, u32)),
+    /// None (a garbage-collected range).
+    Nothing,
+}
+
+/// One struct of an update, decoded.
+#[derive(Debug, Clone)]
+pub(crate) struct Decoded {
+    pub(crate) client: u64,
+    pub(crate) clock: u32,
+    pub(crate) len: u32,
+    pub(crate) named: Named,
+    /// The map key (`parent_sub`) it names, when it names its parent.
+    pub(crate) key: Option<String>,
+    pub(crate) content: StructContent,
+}
+
+/// A deleted range: client, first clock, length.
+pub(crate) type DeletedRange = (u64, u32, u32);
+
+/// Every struct of a scanned update, decoded (skips left out), and its deleted ranges.
+pub(crate) fn decode_structs(scan: &Scan<'_>) -> Result<(Vec<Decoded>, Vec<DeletedRange>)> {
+    let mut out = Vec::new();
+    for run in &scan.runs {
+        let mut r = Reader {
+            buf: run.bytes,
+            pos: 0,
+        };
+        let mut clock = run.clock;
+        for _ in 0..run.structs {
+            let info = r.u8()?;
+            let d = match info {
+                0 => {
+                    let len = r.var_u32()?;
+                    Decoded {
+                        client: run.client,
+                        clock,
+                        len,
+                        named: Named::Nothing,
+                        key: None,
+                        content: StructContent::Gone,
+                    }
+                }
+                _ => r.decoded(run.client, clock, info)?,
+            };
+            clock = clock.saturating_add(d.len);
+            if d.len > 0 {
+                out.push(d);
+            }
+        }
+    }
+    let mut deleted = Vec::new();
+    let mut r = Reader {
+        buf: scan.delete_set,
+        pos: 0,
+    };
+    for _ in 0..r.count(2)? {
+        let client = r.client()?;
+        for _ in 0..r.count(2)? {
+            let clock = r.var_u32()?;
+            let len = r.var_u32()?;
+            if len > 0 {
+                deleted.push((client, clock, len));
+            }
+        }
+    }
+    Ok((out, deleted))
+}
+
+impl Reader<'_> {
+    fn decoded(&mut self, client: u64, clock: u32, info: u8) -> Result<Decoded> {
+        let origin = if info & 0x80 != 0 {
+            Some(self.id()?)
+        } else {
+            None
+        };
+        let right = if info & 0x40 != 0 {
+            Some(self.id()?)
+        } else {
+            None
+        };
+        let mut key = None;
+        let named = if info & 0xc0 == 0 {
+            let named = if self.var_u32()? == 1 {
+                Named::Root(self.string()?.to_string())
+            } else {
+                Named::Item(self.id()?)
+            };
+            if info & 0x20 != 0 {
+                key = Some(self.string()?.to_string());
+            }
+            named
+        } else {
+            Named::Origins(origin, right)
+        };
+        let (len, content) = match info & 0x0f {
+            1 => (self.var_u32()?, StructContent::Gone),
+            2 => return Err("legacy JSON content is not supported".into()),
+            3 => {
+                self.var_bytes()?;
+                (1, StructContent::Other)
+            }
+            4 => {
+                let s = self.string()?;
+                (
+                    s.encode_utf16().count() as u32,
+                    StructContent::String(s.to_string()),
+                )
+            }
+            5 => {
+                self.string()?;
+                (1, StructContent::Other)
+            }
+            6 => {
+                self.string()?;
+                self.string()?;
+                (1, StructContent::Other)
+            }
+            7 => {
+                let content = match self.u8()? {
+                    3 => StructContent::Element(self.string()?.to_string()),
+                    6 => StructContent::XmlText,
+                    t @ (0..=6 | 9 | 15) => StructContent::Type(t),
+                    t => return Err(format!("unknown type reference {t}")),
+                };
+                (1, content)
+            }
+            8 => {
+                let n = self.count(1)?;
+                let mut values = Vec::with_capacity(n);
+                for _ in 0..n {
+                    values.push(self.any_value(0)?);
+                }
+                (n as u32, StructContent::Values(values))
+            }
+            9 => return Err("subdocuments are not supported".into()),
+            c => return Err(format!("unknown content type {c}")),
+        };
+        Ok(Decoded {
+            client,
+            clock,
+            len,
+            named,
+            key,
+            content,
+        })
+    }
+
+    fn any_value(&mut self, depth: usize) -> Result<AnyValue> {
+        let from = self.pos;
+        let tag = self.u8()?;
+        let value = match tag {
+            127 => AnyValue::Undefined,
+            126 => AnyValue::Null,
+            121 => AnyValue::Bool(false),
+            120 => AnyValue::Bool(true),
+            125 => {
+                // lib0's signed varint: sign in bit 6 of the first byte.
+                let first = self.u8()?;
+                let negative = first & 0x40 != 0;
+                let mut value = u64::from(first & 0x3f);
+                let mut shift = 6;
+                let mut b = first;
+                while b & 0x80 != 0 {
+                    b = self.u8()?;
+                    if shift > 63 {
+                        return Err("signed integer overflows 64 bits".into());
+                    }
+                    value |= u64::from(b & 0x7f).checked_shl(shift).unwrap_or(0);
+                    shift += 7;
+                }
+                let v = value as f64;
+                AnyValue::Number(if negative { -v } else { v })
+            }
+            124 => {
+                let b = self.bytes(4)?;
+                AnyValue::Number(f64::from(f32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+            }
+            123 => {
+                let b: [u8; 8] = self.bytes(8)?.try_into().map_err(|_| "short float")?;
+                AnyValue::Number(f64::from_be_bytes(b))
+            }
+            122 => {
+                let b: [u8; 8] = self.bytes(8)?.try_into().map_err(|_| "short integer")?;
+                AnyValue::Number(i64::from_be_bytes(b) as f64)
+            }
+            119 => AnyValue::String(self.string()?.to_string()),
+            _ => {
+                // Arrays, objects and bytes: validated as the scan does, read as `Other`.
+                self.pos = from;
+                self.any(depth)?;
+                AnyValue::Other
+            }
+        };
+        Ok(value)
+    }
+}
