@@ -35,6 +35,17 @@ pub enum Kind {
     Content,
 }
 
+impl Kind {
+    /// The kind of an item holding `content`.
+    fn of(content: &StructContent) -> Kind {
+        match content {
+            StructContent::Element(tag) => Kind::Element(tag.as_str().into()),
+            StructContent::XmlText | StructContent::Type(_) => Kind::Type,
+            _ => Kind::Content,
+        }
+    }
+}
+
 /// A range of items with one parent and one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Span {
@@ -169,11 +180,7 @@ impl Structure {
             return;
         }
         *next = end;
-        let kind = match &item.content {
-            StructContent::Element(tag) => Kind::Element(tag.as_str().into()),
-            StructContent::XmlText | StructContent::Type(_) => Kind::Type,
-            _ => Kind::Content,
-        };
+        let kind = Kind::of(&item.content);
         // Content continuing the previous range of its client, under the same parent and key,
         // extends it.
         if kind == Kind::Content {
@@ -298,6 +305,9 @@ impl Structure {
                 _ => changes.unresolved += 1,
             }
         }
+        let mut mine: Vec<usize> = (0..changes.inserted.len()).collect();
+        mine.sort_unstable_by_key(|&i| (changes.inserted[i].client, changes.inserted[i].clock));
+        let mut own = Vec::new();
         for &(client, clock, len) in deleted {
             let end = clock.saturating_add(len);
             let mut at = clock;
@@ -320,24 +330,34 @@ impl Structure {
                     at = to;
                 }
             }
-            for item in &changes.inserted {
-                let (from, to) = (item.clock.max(clock), (item.clock + item.len).min(end));
-                if item.client == client && from < to {
-                    changes.deleted.push(Deleted {
+            // The update's own items of that client from the first one ending past `clock`;
+            // they are disjoint, so in clock order they also end in order.
+            let mut i = mine.partition_point(|&i| {
+                let item = &changes.inserted[i];
+                (item.client, item.clock.saturating_add(item.len)) <= (client, clock)
+            });
+            while let Some(item) = mine.get(i).map(|&i| &changes.inserted[i]) {
+                if item.client != client || item.clock >= end {
+                    break;
+                }
+                let (from, to) = (
+                    item.clock.max(clock),
+                    item.clock.saturating_add(item.len).min(end),
+                );
+                if from < to {
+                    own.push(Deleted {
                         client,
                         clock: from,
                         len: to - from,
                         parent: item.parent.clone(),
                         key: item.key.clone(),
-                        kind: match &item.content {
-                            StructContent::Element(tag) => Kind::Element(tag.as_str().into()),
-                            StructContent::XmlText | StructContent::Type(_) => Kind::Type,
-                            _ => Kind::Content,
-                        },
+                        kind: Kind::of(&item.content),
                     });
                 }
+                i += 1;
             }
         }
+        changes.deleted.append(&mut own);
         changes
     }
 }
@@ -563,6 +583,30 @@ mod tests {
         assert!(c.inserted.is_empty());
         assert!(c.unresolved > 0);
         let _ = messages;
+    }
+
+    #[test]
+    fn an_update_deleting_what_it_inserts_names_its_own_items() {
+        let (server, messages) = thread(2);
+        let index = Structure::from_snapshot(&snapshot(&server)).unwrap();
+        let mut removed = (0, 0);
+        let u = change(&server, |txn| {
+            for _ in 0..3 {
+                let m = messages.insert(txn, 0, XmlElementPrelim::empty("message"));
+                removed = id_of(&m);
+            }
+            // The last one inserted, now first, is deleted in the same transaction.
+            messages.remove_range(txn, 0, 1);
+        });
+        let c = index.changes(&u).unwrap();
+        let (mc, mk) = id_of(&messages);
+        assert_eq!(c.deleted.len(), 1, "{:?}", c.deleted);
+        let d = &c.deleted[0];
+        assert_eq!((d.client, d.clock, d.len), (removed.0, removed.1, 1));
+        // An item deleted in the transaction that made it travels as deleted content.
+        assert_eq!(c.inserted[2].content, StructContent::Gone);
+        assert_eq!(d.kind, Kind::Content);
+        assert_eq!(d.parent, Some(Parent::Item(mc, mk)));
     }
 
     #[test]
