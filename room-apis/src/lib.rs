@@ -1,5 +1,6 @@
 //! roomd's room core semantics, protocol-agnostic and sans-IO: API keys, participant tokens and
-//! the scopes they grant, the participants of a room's session, and the room's work queues.
+//! the scopes they grant, the participants of a room's session, the rules its documents keep
+//! to, and the room's work queues.
 //!
 //! Keys and tokens are in the MeshAgent format, so tokens minted by the MeshAgent SDKs work
 //! unchanged. Nothing here does I/O, reads the clock or draws random numbers: the time is a
@@ -13,6 +14,7 @@ pub mod ids;
 pub mod keys;
 pub mod participants;
 pub mod queue;
+pub mod rules;
 pub mod schema;
 pub mod scope;
 pub mod token;

@@ -212,6 +212,11 @@ impl Caller {
         }
     }
 
+    /// Who the caller is to the rules of the documents it writes.
+    pub fn principal(&self) -> roomd_sync::Principal {
+        roomd_sync::Principal::new(self.name(), self.is_project_admin())
+    }
+
     /// True for an operator of the project: its API key, or a token with the `admin` grant.
     pub fn is_project_admin(&self) -> bool {
         match self {

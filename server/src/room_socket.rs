@@ -125,6 +125,7 @@ pub async fn upgrade(
         doc: Arc::from(""),
         who: caller.who(),
         read_only: false,
+        principal: Arc::new(caller.principal()),
         scope: Some(Box::new(scope)),
         url: format!("ws://{host}{}", uri.path()),
     });

@@ -230,6 +230,8 @@ pub struct Joining {
     pub who: Arc<roomd_room_apis::participants::Identity>,
     /// It may read the document but not change it.
     pub read_only: bool,
+    /// Who it is to the rules of the documents it writes.
+    pub principal: Arc<roomd_sync::Principal>,
     /// What a room-protocol connection may do in the room (a y-websocket connection's access
     /// is settled before it joins).
     pub scope: Option<Box<roomd_room_apis::ApiScope>>,

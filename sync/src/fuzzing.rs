@@ -317,7 +317,7 @@ impl Room {
                     };
                     self.slots[slot] = None;
                 }
-                Output::Refused { conn } | Output::Spoofed { conn, .. } => {
+                Output::Refused { conn, .. } | Output::Spoofed { conn, .. } => {
                     assert!(
                         self.slots.contains(&Some(conn)),
                         "a refusal for {conn:?}, which is not open"

@@ -20,5 +20,6 @@ pub use message::{
     MSG_AWARENESS, MSG_QUERY_AWARENESS, MSG_SYNC, SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE,
 };
 pub use session::{
-    keepalive_frame, ConnId, Output, Peer, SessionLimits, YjsDocSession, PERMISSION_DENIED,
+    keepalive_frame, ConnId, Output, Peer, Principal, SessionLimits, UpdateRules, YjsDocSession,
+    PERMISSION_DENIED,
 };

@@ -3,6 +3,8 @@
 //! The server feeds it connection opens, frames and closes; it answers with [`Output`]s
 //! (frames to send, updates to append to storage, connections to close) and never blocks.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use roomd_crdt::{Applied, ApplyError, YDoc};
 
@@ -18,20 +20,54 @@ use crate::CloseCode;
 pub struct ConnId(pub u64);
 
 /// Who a connection is, as far as one document needs to know.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     /// The participant the connection belongs to. Connections of one participant may take over
     /// each other's awareness client ids; another participant's ids are not theirs to set.
     pub participant: u64,
     /// The connection may read the document and send awareness, but not change the document.
     pub read_only: bool,
+    /// Who the participant is, for a document's [`UpdateRules`].
+    pub principal: Arc<Principal>,
+}
+
+/// Who makes a change, as a document's rules judge it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The participant's name, as its token gives it.
+    pub name: Arc<str>,
+    /// An operator of the project (its API key, or a token with the `admin` grant).
+    pub admin: bool,
+}
+
+impl Principal {
+    /// A participant named `name`.
+    pub fn new(name: impl Into<Arc<str>>, admin: bool) -> Principal {
+        Principal {
+            name: name.into(),
+            admin,
+        }
+    }
+}
+
+/// Server-side rules of one document: every change a participant makes is judged before the
+/// document sees it, and every change the document takes (the server's own included) is noted,
+/// so that judging costs what the update holds, not what the document does.
+pub trait UpdateRules: Send + Sync + std::fmt::Debug {
+    /// Judges `update` from `who` against the document as noted so far. `Err` refuses it
+    /// whole, with the rule it breaks.
+    fn check(&self, who: &Principal, update: &[u8]) -> Result<(), String>;
+    /// Notes an update the document took, from `who` (`None`: the server's own edit).
+    fn accepted(&mut self, who: Option<&Principal>, update: &[u8]);
+    /// Forgets what was noted and notes the whole state of a document rebuilt from storage.
+    fn reset(&mut self, snapshot: &[u8]);
 }
 
 /// The reason sent with the y-protocols permission-denied message to a participant whose
 /// update was refused.
 pub const PERMISSION_DENIED: &str = "permission-denied";
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Conn {
     id: ConnId,
     peer: Peer,
@@ -83,11 +119,14 @@ pub enum Output {
         /// A short human-readable reason (at most 123 bytes, the close-frame limit).
         reason: String,
     },
-    /// An update from `conn` that would have changed the document was refused because the
-    /// connection may only read it; the document is unchanged. For the owner to log and count.
+    /// An update from `conn` that would have changed the document was refused, because the
+    /// connection may only read it (`rule` is `None`) or because it breaks a rule of the
+    /// document; the document is unchanged. For the owner to log and count.
     Refused {
         /// The sender.
         conn: ConnId,
+        /// The rule broken, if that was why.
+        rule: Option<String>,
     },
     /// `conn` sent awareness entries for client ids another participant owns, which would have
     /// changed that participant's state; they were dropped. For the owner to log and count.
@@ -108,6 +147,8 @@ pub struct YjsDocSession {
     limits: SessionLimits,
     /// Only the server changes the document: every connection may only read it.
     authored: bool,
+    /// What participants' updates must keep to.
+    rules: Option<Box<dyn UpdateRules>>,
 }
 
 fn frame_of(msg: Message<'_>) -> Bytes {
@@ -135,7 +176,22 @@ impl YjsDocSession {
             awareness: AwarenessTable::default(),
             limits,
             authored: false,
+            rules: None,
         }
+    }
+
+    /// A session over `doc` whose participants' updates are judged by `rules` (which has
+    /// noted `doc`'s state) before they are applied.
+    pub fn ruled(doc: YDoc, limits: SessionLimits, rules: Box<dyn UpdateRules>) -> Self {
+        YjsDocSession {
+            rules: Some(rules),
+            ..YjsDocSession::new(doc, limits)
+        }
+    }
+
+    /// True when the document has rules.
+    pub fn is_ruled(&self) -> bool {
+        self.rules.is_some()
     }
 
     /// A session over a document only the server writes (see [`YjsDocSession::publish`]):
@@ -178,6 +234,9 @@ impl YjsDocSession {
 
     /// Replaces a poisoned document with one rebuilt from storage.
     pub fn replace_doc(&mut self, doc: YDoc) {
+        if let Some(r) = self.rules.as_mut() {
+            r.reset(&doc.snapshot());
+        }
         self.doc = doc;
     }
 
@@ -197,6 +256,7 @@ impl YjsDocSession {
         let peer = Peer {
             participant: conn.0,
             read_only: false,
+            principal: Arc::new(Principal::new(format!("conn-{}", conn.0), false)),
         };
         self.open_as(conn, peer, out)
     }
@@ -294,7 +354,14 @@ impl YjsDocSession {
                         self.refuse_if_changing(conn, update, out)?;
                         continue;
                     }
-                    let applied = self.apply(update)?;
+                    if let Err(rule) = self.judge(conn, update) {
+                        // Invalid bytes close the connection as they would anywhere.
+                        self.doc.would_change(update).map_err(apply_error)?;
+                        self.refuse(conn, rule, out);
+                        continue;
+                    }
+                    let who = self.principal(conn);
+                    let applied = self.apply(who.as_deref(), update)?;
                     if !applied.changed {
                         continue;
                     }
@@ -380,13 +447,15 @@ impl YjsDocSession {
             if !self.is_open(conn) {
                 continue;
             }
-            let single = single_update(frame, self.limits.message);
+            // A ruled document judges each update alone.
+            let single = single_update(frame, self.limits.message).filter(|_| self.rules.is_none());
             let Some(update) = single.filter(|_| !self.reads_only(conn)) else {
                 self.forward_run(&mut run, out);
                 self.receive(conn, frame, out);
                 continue;
             };
-            match self.apply(&update) {
+            let who = self.principal(conn);
+            match self.apply(who.as_deref(), &update) {
                 Ok(applied) if !applied.changed => {}
                 Ok(applied) => {
                     run.push((conn, frame, update));
@@ -437,8 +506,46 @@ impl YjsDocSession {
         }
     }
 
-    fn apply(&mut self, update: &[u8]) -> Result<Applied, (CloseCode, String)> {
-        self.doc.apply_update(update).map_err(apply_error)
+    /// Applies an update from `who` (`None`: no one the rules know) and has the rules note it.
+    fn apply(
+        &mut self,
+        who: Option<&Principal>,
+        update: &[u8],
+    ) -> Result<Applied, (CloseCode, String)> {
+        let applied = self.doc.apply_update(update).map_err(apply_error)?;
+        if applied.changed {
+            if let Some(r) = self.rules.as_mut() {
+                r.accepted(who, update);
+            }
+        }
+        Ok(applied)
+    }
+
+    /// The principal `conn` writes as.
+    fn principal(&self, conn: ConnId) -> Option<Arc<Principal>> {
+        self.conn(conn).map(|c| c.peer.principal.clone())
+    }
+
+    /// Judges an update from `conn` by the document's rules, if it has any.
+    fn judge(&self, conn: ConnId, update: &[u8]) -> Result<(), String> {
+        let (Some(rules), Some(c)) = (self.rules.as_ref(), self.conn(conn)) else {
+            return Ok(());
+        };
+        rules.check(&c.peer.principal, update)
+    }
+
+    /// Refuses an update from `conn` that breaks `rule`: the document is untouched and the
+    /// connection is told, each time, with the y-protocols permission-denied message.
+    fn refuse(&mut self, conn: ConnId, rule: String, out: &mut Vec<Output>) {
+        let reason = format!("{PERMISSION_DENIED}: {rule}");
+        out.push(Output::Send {
+            conn,
+            frame: frame_of(Message::AuthDenied(&reason)),
+        });
+        out.push(Output::Refused {
+            conn,
+            rule: Some(rule),
+        });
     }
 
     fn broadcast(&self, from: ConnId, frame: Bytes, out: &mut Vec<Output>) {
@@ -466,7 +573,7 @@ impl YjsDocSession {
         if !changes {
             return Ok(());
         }
-        out.push(Output::Refused { conn });
+        out.push(Output::Refused { conn, rule: None });
         if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {
             if !c.told_denied {
                 c.told_denied = true;
@@ -479,11 +586,14 @@ impl YjsDocSession {
         Ok(())
     }
 
-    /// Applies an update that arrived outside any connection (the REST API): validated and
-    /// limited as a connection's, and if it changes the document, appended and sent to every
-    /// connection. Returns whether it changed anything.
+    /// Applies an update that arrived outside any connection (the REST API, or a toolkit's
+    /// edit on a participant's behalf) from `who`: validated and limited as a connection's,
+    /// judged by the document's rules, and if it changes the document, appended and sent to
+    /// every connection. Returns whether it changed anything. A refusal by a rule is
+    /// [`CloseCode::Forbidden`] with the rule.
     pub fn apply_external(
         &mut self,
+        who: &Principal,
         update: &[u8],
         out: &mut Vec<Output>,
     ) -> Result<bool, (CloseCode, String)> {
@@ -493,7 +603,13 @@ impl YjsDocSession {
                 "only the server writes this document".into(),
             ));
         }
-        let applied = self.apply(update)?;
+        if let Some(rules) = self.rules.as_ref() {
+            if let Err(rule) = rules.check(who, update) {
+                self.doc.would_change(update).map_err(apply_error)?;
+                return Err((CloseCode::Forbidden, rule));
+            }
+        }
+        let applied = self.apply(Some(who), update)?;
         if !applied.changed {
             return Ok(false);
         }
@@ -528,6 +644,9 @@ impl YjsDocSession {
     /// Sends an edit the server made itself (already applied to the document, see
     /// [`YDoc::author_map`]) to every connection, and appends it to the log.
     pub fn publish(&mut self, update: Vec<u8>, out: &mut Vec<Output>) {
+        if let Some(r) = self.rules.as_mut() {
+            r.accepted(None, &update);
+        }
         self.append_and_send_to_all(Bytes::from(update), None, out);
     }
 }

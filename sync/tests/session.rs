@@ -237,6 +237,7 @@ fn a_read_only_participant_reads_but_its_changes_are_refused_and_it_is_told_once
     let peer = roomd_sync::Peer {
         participant: 70,
         read_only: true,
+        principal: std::sync::Arc::new(roomd_sync::Principal::new("p", false)),
     };
     let mut out = Vec::new();
     s.open_as(reader, peer, &mut out).unwrap();
@@ -301,6 +302,7 @@ fn awareness_for_another_participants_client_id_is_dropped_and_the_rest_forwarde
         let peer = roomd_sync::Peer {
             participant,
             read_only: false,
+            principal: std::sync::Arc::new(roomd_sync::Principal::new("p", false)),
         };
         s.open_as(ConnId(conn), peer, &mut out).unwrap();
     }
@@ -336,4 +338,79 @@ fn awareness_for_another_participants_client_id_is_dropped_and_the_rest_forwarde
     let entries = roomd_sync::awareness::parse(forwarded).unwrap();
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].client_id, 22);
+}
+
+/// Rules that refuse every update holding the letter `x`, counting what they are told.
+#[derive(Debug, Default)]
+struct NoX {
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl roomd_sync::UpdateRules for NoX {
+    fn check(&self, who: &roomd_sync::Principal, update: &[u8]) -> Result<(), String> {
+        if update.contains(&b'x') {
+            return Err(format!("{} may not write x", who.name));
+        }
+        Ok(())
+    }
+    fn accepted(&mut self, _who: Option<&roomd_sync::Principal>, _update: &[u8]) {
+        self.accepted
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn reset(&mut self, _snapshot: &[u8]) {}
+}
+
+#[test]
+fn a_ruled_document_refuses_what_breaks_a_rule_and_tells_the_sender_each_time() {
+    let rules = NoX::default();
+    let accepted = rules.accepted.clone();
+    let mut s = YjsDocSession::ruled(YDoc::new(DocLimits::DEFAULT), LIMITS, Box::new(rules));
+    let mut out = Vec::new();
+    s.open(ConnId(0), &mut out).unwrap();
+    s.open(ConnId(1), &mut out).unwrap();
+    let typist = Typist::new(3);
+    for _ in 0..2 {
+        out.clear();
+        s.receive_many(&[(ConnId(0), typist.type_char("x"))], &mut out);
+        assert_eq!(refusals(&out), 1, "{out:?}");
+        assert!(appends(&out).is_empty());
+        let told = sends_to(&out, 0);
+        assert_eq!(told.len(), 1);
+        assert!(matches!(
+            roomd_sync::decode_frame(&told[0], LIMITS.message).unwrap()[..],
+            [Message::AuthDenied(
+                "permission-denied: conn-0 may not write x"
+            )]
+        ));
+        assert!(sends_to(&out, 1).is_empty());
+    }
+    assert_eq!(s.doc().text("t"), "");
+    // What keeps to the rules goes in, one update at a time, and the rules note it.
+    let other = Typist::new(4);
+    out.clear();
+    s.receive_many(
+        &[
+            (ConnId(1), other.type_char("a")),
+            (ConnId(1), other.type_char("b")),
+        ],
+        &mut out,
+    );
+    assert_eq!(appends(&out).len(), 2);
+    assert_eq!(s.doc().text("t"), "ab");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // The same holds for an update from outside a connection.
+    let who = roomd_sync::Principal::new("rest", false);
+    let frame = typist.type_char("x");
+    let update = match roomd_sync::decode_frame(&frame, LIMITS.message).unwrap()[..] {
+        [Message::Sync(SyncMessage::Update(u))] => u.to_vec(),
+        _ => unreachable!(),
+    };
+    let refused = s.apply_external(&who, &update, &mut out);
+    assert_eq!(
+        refused,
+        Err((
+            roomd_sync::CloseCode::Forbidden,
+            "rest may not write x".into()
+        ))
+    );
 }

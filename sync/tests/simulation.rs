@@ -496,6 +496,7 @@ impl Sim {
         let peer = Peer {
             participant: client as u64,
             read_only: false,
+            principal: std::sync::Arc::new(roomd_sync::Principal::new("p", false)),
         };
         if let Err(code) = self.session.open_as(conn, peer, &mut out) {
             panic!("session refused {conn:?}: {code:?}");

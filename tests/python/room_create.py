@@ -46,13 +46,14 @@ async def main() -> None:
             assert e.code == 1003, e.code
 
         # A path ending in `.thread` gets the builtin thread schema, which the SDK reads
-        # (its ordered children included) and builds a conversation with.
+        # (its ordered children included) and builds a conversation with; a message names its
+        # author, the token's participant.
         thread = await a.sync.open(path="chats/team.thread")
         assert thread.schema.root.tag_name == "thread"
         members = thread.root.append_child("members", {})
         members.append_child("member", {"name": "a"})
         messages = thread.root.append_child("messages", {})
-        messages.append_child("message", {"id": "m1", "text": "hello", "author_name": "a"})
+        messages.append_child("message", {"id": "m1", "text": "hello", "author_name": "author"})
         await a.sync.close(path="chats/team.thread")
         described = await a.sync.describe(path="chats/team.thread")
         assert described == {
@@ -60,7 +61,7 @@ async def main() -> None:
                 "properties": [
                     {"members": {"items": [{"member": {"name": "a"}}]}},
                     {"messages": {"items": [
-                        {"message": {"id": "m1", "text": "hello", "author_name": "a", "attachments": []}}
+                        {"message": {"id": "m1", "text": "hello", "author_name": "author", "attachments": []}}
                     ]}},
                 ]
             }

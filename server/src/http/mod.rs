@@ -401,6 +401,7 @@ async fn yjs_socket(
                 doc: doc.into(),
                 who: caller.who(),
                 read_only: access.read_only || is_reserved(&path),
+                principal: Arc::new(caller.principal()),
                 scope: None,
                 url: String::new(),
             });

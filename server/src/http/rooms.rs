@@ -25,7 +25,7 @@ impl From<RestError> for ApiError {
             RestError::NotFound => ApiError::not_found("no such document"),
             RestError::Invalid(m) => ApiError::bad_request(m),
             RestError::TooLarge(m) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", m),
-            RestError::Forbidden => ApiError::forbidden("only the server writes this document"),
+            RestError::Forbidden(m) => ApiError::forbidden(m),
             RestError::Unavailable(m) => ApiError::unavailable(m),
             RestError::Internal => ApiError::internal(),
         }
@@ -323,6 +323,7 @@ pub async fn write_doc(
             doc: name.clone(),
             update: body.clone(),
             who: who.clone(),
+            principal: req.caller.principal(),
             reply,
         })
         .await

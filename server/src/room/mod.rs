@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::events::EventKind;
+use crate::events::{EventKind, EventParticipant};
 use crate::outbox::{Outbox, PushError};
 use crate::registry::Rooms;
 use crate::store::{DocKey, RoomKey, StoreError, StoredDoc, WriteSeq};
@@ -432,6 +432,7 @@ impl Room {
         let peer = Peer {
             participant: number,
             read_only: joining.read_only,
+            principal: joining.principal.clone(),
         };
         match self.join(joining.doc.clone(), conn, peer, outbox).await {
             Ok(()) => {
@@ -641,8 +642,12 @@ impl Room {
                 ms = started.elapsed().as_secs_f64() * 1e3,
                 "document loaded"
             );
+            let session = match roomd_room_apis::rules::for_path(&name, || ydoc.snapshot()) {
+                Some(rules) => YjsDocSession::ruled(ydoc, session_limits, Box::new(rules)),
+                None => YjsDocSession::new(ydoc, session_limits),
+            };
             DocState {
-                session: YjsDocSession::new(ydoc, session_limits),
+                session,
                 key,
                 next_seq: stored.next_seq,
                 log_bytes: stored.log_bytes,
@@ -731,16 +736,9 @@ impl Room {
                         }
                     }
                 }
-                Output::Refused { conn } => {
-                    self.ctx.metrics.updates_refused_total.inc();
-                    tracing::info!(room = %self.name, %doc, conn = conn.0, "update refused: the participant may only read this document");
+                Output::Refused { conn, rule } => {
                     let who = self.event_participant(self.sockets.owner(conn));
-                    self.ctx.emit(
-                        &self.key,
-                        EventKind::UpdateRefused,
-                        who.as_ref(),
-                        serde_json::json!({ "document": &**doc }),
-                    );
+                    self.refused(doc, who.as_ref(), rule.as_deref());
                 }
                 Output::Spoofed { conn, entries } => {
                     self.ctx
@@ -771,6 +769,27 @@ impl Room {
             );
         }
         written
+    }
+
+    /// Counts, logs and records as an event an update refused because its sender may only read
+    /// the document (`rule` is `None`) or because it breaks `rule`.
+    fn refused(&self, doc: &str, who: Option<&EventParticipant>, rule: Option<&str>) {
+        self.ctx.metrics.updates_refused_total.inc();
+        let name = who.map_or("", |w| w.name.as_str());
+        match rule {
+            None => {
+                tracing::info!(room = %self.name, %doc, participant = name, "update refused: the participant may only read this document");
+            }
+            Some(rule) => {
+                tracing::info!(room = %self.name, %doc, participant = name, rule, "update refused: it breaks a rule of the document");
+            }
+        }
+        let mut data = serde_json::json!({ "document": doc });
+        if let Some(rule) = rule {
+            data["rule"] = rule.into();
+        }
+        self.ctx
+            .emit(&self.key, EventKind::UpdateRefused, who, data);
     }
 
     /// Rebuilds a document from storage after yrs panicked inside it. Storage holds every

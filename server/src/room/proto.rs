@@ -118,6 +118,8 @@ struct RoomSocket {
     /// Its participant's id.
     participant: String,
     scope: ApiScope,
+    /// Who it is to the rules of the documents it writes.
+    principal: Arc<roomd_sync::Principal>,
     /// The id of the last message the server started on this connection (shared with the
     /// tasks that follow the developer log for it).
     next_id: Arc<AtomicU64>,
@@ -463,6 +465,7 @@ impl Room {
                 outbox,
                 participant: participant.clone(),
                 scope,
+                principal: joining.principal.clone(),
                 next_id: Arc::new(AtomicU64::new(0)),
                 messaging: false,
                 open: HashMap::new(),
@@ -728,6 +731,7 @@ impl Room {
                 format!("the participant may only read {path}"),
             ));
         }
+        let principal = s.principal.clone();
         let root = roomd_room_apis::schema::root_tag(schema)
             .unwrap_or(roomd_room_apis::schema::DEFAULT_SCHEMA)
             .to_string();
@@ -764,8 +768,14 @@ impl Room {
             .ok_or_else(|| invalid("the JSON is not Document-JSON of elements"))?;
         let mut out = Vec::new();
         d.session
-            .apply_external(&update, &mut out)
-            .map_err(|(_, reason)| Content::error(ErrorCode::InvalidRequest, reason))?;
+            .apply_external(&principal, &update, &mut out)
+            .map_err(|(code, reason)| match code {
+                CloseCode::Forbidden => Content::error(
+                    ErrorCode::PermissionDenied,
+                    format!("update refused: {reason}"),
+                ),
+                _ => Content::error(ErrorCode::InvalidRequest, reason),
+            })?;
         self.carry_out(&doc, out);
         Ok(Some(()))
     }
@@ -946,6 +956,7 @@ impl Room {
             return Ok(());
         };
         let outbox = s.outbox.clone();
+        let principal = s.principal.clone();
         let number = self.participants.of_conn(conn.0).map_or(0, |p| p.number);
         let stream = ConnId(self.sockets.next_stream);
         self.sockets.next_stream += 1;
@@ -969,6 +980,7 @@ impl Room {
         let peer = Peer {
             participant: number,
             read_only,
+            principal,
         };
         if let Err(e) = self.join(doc.clone(), stream, peer, outbox).await {
             self.sockets.streams.remove(&stream);

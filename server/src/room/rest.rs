@@ -42,9 +42,10 @@ pub enum RestError {
     /// The update is over a size limit.
     #[error("{0}")]
     TooLarge(String),
-    /// The document is written by the server only.
-    #[error("only the server writes this document")]
-    Forbidden,
+    /// The update is refused: the document is written by the server only, or the update
+    /// breaks one of its rules.
+    #[error("{0}")]
+    Forbidden(String),
     /// A limit of the room is reached; try again later.
     #[error("{0}")]
     Unavailable(String),
@@ -96,6 +97,8 @@ pub enum RestCmd {
         update: Bytes,
         /// Who writes, for the event log.
         who: EventParticipant,
+        /// Who writes, to the document's rules.
+        principal: roomd_sync::Principal,
         /// Whether it changed the document, and the write to wait for before answering.
         reply: oneshot::Sender<Result<Option<WriteSeq>, RestError>>,
     },
@@ -118,7 +121,7 @@ pub enum RestCmd {
 fn from_close(code: CloseCode, reason: String) -> RestError {
     match code {
         CloseCode::TooLarge => RestError::TooLarge(reason),
-        CloseCode::Forbidden => RestError::Forbidden,
+        CloseCode::Forbidden => RestError::Forbidden(reason),
         CloseCode::Internal => RestError::Internal,
         _ => RestError::Invalid(reason),
     }
@@ -150,9 +153,10 @@ impl Room {
                 doc,
                 update,
                 who,
+                principal,
                 reply,
             } => {
-                let _ = reply.send(self.write_doc(&doc, &update, &who).await);
+                let _ = reply.send(self.write_doc(&doc, &update, &who, &principal).await);
             }
             RestCmd::DeleteDoc { doc, who, reply } => {
                 let _ = reply.send(self.delete_doc(&doc, &who).await);
@@ -220,16 +224,22 @@ impl Room {
         doc: &Arc<str>,
         update: &[u8],
         who: &EventParticipant,
+        principal: &roomd_sync::Principal,
     ) -> Result<Option<WriteSeq>, RestError> {
         let d = self
             .doc_for_rest(doc, true)
             .await?
             .ok_or(RestError::Internal)?;
         let mut out = Vec::new();
-        let changed = d
-            .session
-            .apply_external(update, &mut out)
-            .map_err(|(code, reason)| from_close(code, reason))?;
+        let applied = d.session.apply_external(principal, update, &mut out);
+        let changed = match applied {
+            Ok(changed) => changed,
+            Err((CloseCode::Forbidden, rule)) => {
+                self.refused(doc, Some(who), Some(&rule));
+                return Err(RestError::Forbidden(rule));
+            }
+            Err((code, reason)) => return Err(from_close(code, reason)),
+        };
         let written = self.carry_out(doc, out);
         self.heal_if_poisoned(doc).await;
         if changed {
@@ -250,7 +260,11 @@ impl Room {
     ) -> Result<WriteSeq, RestError> {
         match self.doc_for_rest(doc, false).await? {
             None => return Err(RestError::NotFound),
-            Some(d) if d.authored => return Err(RestError::Forbidden),
+            Some(d) if d.authored => {
+                return Err(RestError::Forbidden(
+                    "only the server writes this document".into(),
+                ))
+            }
             Some(d) if d.new && d.session.connections() == 0 => return Err(RestError::NotFound),
             Some(_) => {}
         }
