@@ -4,6 +4,7 @@
 //! touches a `yrs::Doc` directly and never sees a panic from a malformed update.
 
 mod limits;
+mod mesh;
 pub mod structure;
 #[cfg(feature = "trace")]
 pub mod trace;
@@ -12,6 +13,7 @@ mod views;
 mod ydoc;
 
 pub use limits::DocLimits;
+pub use mesh::MeshError;
 
 /// The largest integer a Yjs client decodes exactly: JavaScript's `Number.MAX_SAFE_INTEGER`.
 /// lib0 throws on larger ones or loses their precision, so no client id, clock or count above it

@@ -70,7 +70,7 @@ impl YDoc {
         self.authored(update)
     }
 
-    fn authored(&mut self, update: Vec<u8>) -> Option<Vec<u8>> {
+    pub(crate) fn authored(&mut self, update: Vec<u8>) -> Option<Vec<u8>> {
         // A transaction that changed nothing encodes no client and no deletion.
         if update == [0, 0] {
             return None;
@@ -171,16 +171,8 @@ impl YDoc {
         new_id: &mut dyn FnMut() -> String,
     ) -> Option<Vec<u8>> {
         use yrs::XmlFragment;
-        let state = self
-            .doc
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default());
-        let doc = Doc::with_options(yrs::Options {
-            client_id: ClientID::new(client_id),
-            ..server_options()
-        });
+        let doc = self.copy_as(client_id)?;
         let mut txn = doc.transact_mut();
-        txn.apply_update(Update::decode_v1(&state).ok()?).ok()?;
         let xml = txn.get_or_insert_xml_fragment("xml");
         for child in children {
             let at = xml.len(&txn);
@@ -190,7 +182,7 @@ impl YDoc {
     }
 }
 
-fn insert_element<F: yrs::XmlFragment>(
+pub(crate) fn insert_element<F: yrs::XmlFragment>(
     txn: &mut yrs::TransactionMut,
     parent: &F,
     index: u32,
@@ -229,7 +221,7 @@ fn insert_element<F: yrs::XmlFragment>(
     Some(())
 }
 
-fn element_json<T: ReadTxn>(
+pub(crate) fn element_json<T: ReadTxn>(
     txn: &T,
     node: yrs::XmlOut,
     children_of: &dyn Fn(&str) -> Option<String>,
@@ -262,7 +254,7 @@ fn element_json<T: ReadTxn>(
 }
 
 /// An attribute's value as JSON (a shared type as its JSON form).
-fn out_json<T: ReadTxn>(txn: &T, value: &Out) -> serde_json::Value {
+pub(crate) fn out_json<T: ReadTxn>(txn: &T, value: &Out) -> serde_json::Value {
     match value {
         Out::Any(a) => any_to_json(a),
         other => any_to_json(&other.to_json(txn)),
@@ -301,7 +293,7 @@ fn root_json<T: ReadTxn>(txn: &T, name: &str) -> serde_json::Value {
 }
 
 /// A JSON value as a yrs `Any` (integers stay integers).
-fn json_to_any(v: &serde_json::Value) -> Any {
+pub(crate) fn json_to_any(v: &serde_json::Value) -> Any {
     serde_json::from_value(v.clone()).unwrap_or(Any::Null)
 }
 

@@ -203,3 +203,185 @@ async fn forged_authorship_and_edits_of_anothers_message_are_refused_on_every_pa
 fn sync_update(update: &[u8]) -> Vec<u8> {
     roomd_sync::Message::Sync(roomd_sync::SyncMessage::Update(update)).to_vec()
 }
+
+/// Calls a `threads` tool over the room protocol; answers its JSON, or the error as
+/// `{"error": code, "text": …}`.
+async fn tool(c: &mut RoomProtoClient, name: &str, args: serde_json::Value) -> serde_json::Value {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = format!(
+        "call-{}",
+        CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let args = serde_json::json!({"type": "json", "json": args});
+    let answer = c.invoke("threads", name, &call, args).await;
+    match answer["type"].as_str() {
+        Some("json") => answer["json"].clone(),
+        Some("error") => serde_json::json!({"error": answer["code"], "text": answer["text"]}),
+        _ => panic!("threads.{name}: {answer:?}"),
+    }
+}
+
+/// The (author, text) of each message of a `read` page.
+fn page_of(answer: &serde_json::Value) -> Vec<(String, String)> {
+    answer["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{answer}"))
+        .iter()
+        .map(|m| {
+            let m = &m["message"];
+            (
+                m["author_name"].as_str().unwrap_or_default().to_string(),
+                m["text"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_threads_toolkit_and_rest_keep_authorship_and_editors_see_it_live() {
+    let (server, key) = secured().await;
+    let (alice, bob) = (token(&key, "alice"), token(&key, "bob"));
+    let room_url = format!("ws://{}/rooms/{ROOM}", server.addr());
+    let mut a = RoomProtoClient::connect(&room_url, Some(&alice)).await;
+    let mut b = RoomProtoClient::connect(&room_url, Some(&bob)).await;
+
+    let made = tool(&mut a, "create", serde_json::json!({"path": THREAD})).await;
+    assert_eq!(made, serde_json::json!({"path": THREAD}));
+    let again = tool(&mut b, "create", serde_json::json!({"path": THREAD})).await;
+    assert_eq!(again["error"], 1004, "{again}");
+    // A stock y-websocket editor watches the thread, and another the directory's index.
+    let mut editor = YClient::connect_authorized(&server.doc_url(ROOM, THREAD), &alice, 9).await;
+    let index = ".threads/chats/index.thread_list";
+    let mut lister = YClient::connect_authorized(&server.doc_url(ROOM, index), &alice, 10).await;
+    let listed = tool(&mut b, "list", serde_json::json!({"directory": "chats"})).await;
+    let entries = listed["threads"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{listed}");
+    assert_eq!(entries[0]["path"], THREAD);
+    assert_eq!(entries[0]["name"], "general");
+    assert!(entries[0]["created_at"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+
+    let posted = tool(
+        &mut a,
+        "post",
+        serde_json::json!({"path": THREAD, "text": "hello"}),
+    )
+    .await;
+    let hello = posted["id"].as_str().unwrap().to_string();
+    editor.until(|c| messages_of(&c.doc).len() == 1).await;
+    assert_eq!(
+        messages_of(&editor.doc),
+        [("alice".to_string(), "hello".to_string())]
+    );
+    // Over REST, bob posts as himself, whatever the arguments say.
+    let (status, reply) = server
+        .json(
+            "POST",
+            &format!("/v1/rooms/{ROOM}/threads/post"),
+            Some(&bob),
+            Some(serde_json::json!({"path": THREAD, "text": "hi", "author_name": "alice"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    editor.until(|c| messages_of(&c.doc).len() == 2).await;
+    let read = tool(&mut b, "read", serde_json::json!({"path": THREAD})).await;
+    assert_eq!(
+        page_of(&read),
+        [
+            ("alice".into(), "hello".into()),
+            ("bob".into(), "hi".into())
+        ]
+    );
+    assert_eq!(read["total"], 2);
+    let second = tool(
+        &mut b,
+        "read",
+        serde_json::json!({"path": THREAD, "offset": 1, "limit": 1}),
+    )
+    .await;
+    assert_eq!(page_of(&second), [("bob".into(), "hi".into())]);
+
+    // Only the author edits or deletes, over the toolkit and REST alike.
+    let edit = serde_json::json!({"path": THREAD, "id": hello, "text": "hijacked"});
+    let refused = tool(&mut b, "edit", edit.clone()).await;
+    assert_eq!(refused["error"], 1001, "{refused}");
+    assert_eq!(refused["text"], "only its author changes a message");
+    let (status, _) = server
+        .json(
+            "POST",
+            &format!("/v1/rooms/{ROOM}/threads/delete"),
+            Some(&bob),
+            Some(serde_json::json!({"path": THREAD, "id": hello})),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let mine = serde_json::json!({"path": THREAD, "id": hello, "text": "hello, all"});
+    assert_eq!(
+        tool(&mut a, "edit", mine).await,
+        serde_json::json!({"id": hello})
+    );
+    editor
+        .until(|c| {
+            messages_of(&c.doc)
+                .first()
+                .is_some_and(|m| m.1 == "hello, all")
+        })
+        .await;
+    // An admin (the project's key) deletes any message.
+    let (status, body) = server
+        .json(
+            "POST",
+            &format!("/v1/rooms/{ROOM}/threads/delete"),
+            Some(&key.to_string()),
+            Some(serde_json::json!({"path": THREAD, "id": hello})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    editor.until(|c| messages_of(&c.doc).len() == 1).await;
+    assert_eq!(
+        messages_of(&editor.doc),
+        [("bob".to_string(), "hi".to_string())]
+    );
+
+    // The index shows the thread to a stock editor, modified since it was created.
+    lister
+        .until(|c| {
+            let xml = c.doc.get_or_insert_xml_fragment("xml");
+            let txn = c.doc.transact();
+            xml.children(&txn)
+                .filter_map(|n| n.into_xml_element())
+                .any(|e| {
+                    let attr = |k: &str| e.get_attribute(&txn, k).map(|v| v.to_string(&txn));
+                    attr("path").as_deref() == Some(THREAD)
+                        && attr("modified_at") != attr("created_at")
+                })
+        })
+        .await;
+    // Clients only read the index.
+    let forged = {
+        let xml = lister.doc.get_or_insert_xml_fragment("xml");
+        let mut txn = lister.doc.transact_mut();
+        xml.push_back(&mut txn, XmlElementPrelim::empty("thread"));
+        txn.encode_update_v1()
+    };
+    lister.send_raw(sync_update(&forged)).await;
+    lister.until_permission_denied().await;
+
+    // What is not a thread, or not granted, is refused.
+    let bad = tool(
+        &mut a,
+        "post",
+        serde_json::json!({"path": "notes.doc", "text": "x"}),
+    )
+    .await;
+    assert_eq!(bad["error"], 1002, "{bad}");
+    let missing = tool(
+        &mut a,
+        "post",
+        serde_json::json!({"path": "chats/none.thread", "text": "x"}),
+    )
+    .await;
+    assert_eq!(missing["error"], 1003, "{missing}");
+    server.stop().await;
+}

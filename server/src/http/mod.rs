@@ -53,15 +53,15 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
-    fn not_found(message: impl Into<String>) -> ApiError {
+    pub(crate) fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
-    fn forbidden(message: impl Into<String>) -> ApiError {
+    pub(crate) fn forbidden(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
-    fn internal() -> ApiError {
+    pub(crate) fn internal() -> ApiError {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -69,7 +69,7 @@ impl ApiError {
         )
     }
 
-    fn unavailable(message: impl Into<String>) -> ApiError {
+    pub(crate) fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
@@ -137,6 +137,7 @@ fn routes(r: Router<Arc<App>>) -> Router<Arc<App>> {
             .post(rooms::write_doc)
             .delete(rooms::delete_doc),
     )
+    .route("/v1/rooms/{room}/threads/{tool}", post(rooms::thread_call))
     .route("/v1/rooms/{room}/events", get(events::page))
     .route("/v1/rooms/{room}/events/stream", get(events::stream))
 }

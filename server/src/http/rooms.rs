@@ -336,6 +336,55 @@ pub async fn write_doc(
     Ok(Json(serde_json::json!({ "changed": written.is_some() })))
 }
 
+/// `POST /v1/rooms/{room}/threads/{tool}`: a call of the `threads` toolkit, its JSON arguments
+/// the body, answered with the toolkit's JSON once what it wrote is durable.
+pub async fn thread_call(
+    State(app): State<Arc<App>>,
+    Path((room, tool)): Path<(String, String)>,
+    req: Requester,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use crate::room::threads::{needs, ThreadError};
+    check_room(&room)?;
+    let error = |e: ThreadError| match e {
+        ThreadError::Invalid(m) => ApiError::bad_request(m),
+        ThreadError::NotFound(m) => ApiError::not_found(m),
+        ThreadError::Exists(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+        ThreadError::Forbidden(m) => ApiError::forbidden(m),
+        ThreadError::Unavailable(m) => ApiError::unavailable(m),
+        ThreadError::Internal => ApiError::internal(),
+    };
+    let args = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(serde_json::Value::Object(args)) => args,
+        _ if body.is_empty() => serde_json::Map::new(),
+        _ => return Err(ApiError::bad_request("the body must be a JSON object")),
+    };
+    let need = needs(&tool, &args).map_err(error)?;
+    let access = req.doc_access(&app, &room, &need.doc)?;
+    if need.writes && access.read_only {
+        return Err(req.forbid(&app, Forbidden::PathNotGranted, Some(&room)));
+    }
+    let key = RoomKey::new(req.caller.project(), &room);
+    let principal = req.caller.principal();
+    let (answer, written) = app
+        .rooms
+        .request(&key, |reply| RestCmd::Thread {
+            tool: tool.clone(),
+            args: args.clone(),
+            principal: principal.clone(),
+            reply,
+        })
+        .await
+        .ok_or_else(unavailable)?
+        .map_err(error)?;
+    if let Some(write) = written {
+        if !app.ctx.wait_durable(write).await {
+            return Err(unavailable());
+        }
+    }
+    Ok(Json(answer))
+}
+
 /// `DELETE /v1/rooms/{room}/docs/{doc}`: closes the document's connections with 4410 and
 /// removes it, durably, before the answer.
 pub async fn delete_doc(

@@ -4,6 +4,7 @@
 mod presence;
 mod proto;
 mod rest;
+pub(crate) mod threads;
 
 pub use rest::{DocFormat, DocRead, RestCmd, RestError};
 
@@ -141,6 +142,8 @@ pub struct Room {
     presence: presence::PendingPresence,
     /// Room-protocol connections and the documents they opened.
     sockets: proto::Sockets,
+    /// Threads changed since their indexes last showed them.
+    threads: threads::ThreadIndex,
 }
 
 impl std::fmt::Debug for Room {
@@ -182,6 +185,7 @@ impl Room {
             participants: Participants::default(),
             presence: presence::PendingPresence::default(),
             sockets: proto::Sockets::default(),
+            threads: threads::ThreadIndex::default(),
         }
     }
 
@@ -223,6 +227,13 @@ impl Room {
             let presence_due = self.presence.due;
             let presence = async move {
                 match presence_due {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let index_due = self.threads.due;
+            let index = async move {
+                match index_due {
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
@@ -271,6 +282,7 @@ impl Room {
                     self.install(doc, state).await;
                 }
                 () = presence => self.publish_presence(),
+                () = index => self.flush_thread_index().await,
                 () = calls => self.expire_calls(),
                 changed = durable.changed(), if self.acks_owed() => {
                     if changed.is_ok() {
@@ -642,9 +654,16 @@ impl Room {
                 ms = started.elapsed().as_secs_f64() * 1e3,
                 "document loaded"
             );
-            let session = match roomd_room_apis::rules::for_path(&name, || ydoc.snapshot()) {
-                Some(rules) => YjsDocSession::ruled(ydoc, session_limits, Box::new(rules)),
-                None => YjsDocSession::new(ydoc, session_limits),
+            // A directory's thread index is the server's to write; a thread has rules.
+            let authored = threads::is_index(&name);
+            let session = if authored {
+                let author = u32::from_le_bytes(crate::master_key::random_bytes());
+                YjsDocSession::authored(ydoc.authored_by(author), session_limits)
+            } else {
+                match roomd_room_apis::rules::for_path(&name, || ydoc.snapshot()) {
+                    Some(rules) => YjsDocSession::ruled(ydoc, session_limits, Box::new(rules)),
+                    None => YjsDocSession::new(ydoc, session_limits),
+                }
             };
             DocState {
                 session,
@@ -653,7 +672,7 @@ impl Room {
                 log_bytes: stored.log_bytes,
                 compaction: None,
                 new: stored.is_new(),
-                authored: false,
+                authored,
             }
         }
     }
@@ -760,6 +779,9 @@ impl Room {
                 start_compaction(&self.ctx, d);
             }
         }
+        if written.is_some() && threads::is_thread(doc) {
+            self.thread_touched(doc, created);
+        }
         if created {
             self.ctx.emit(
                 &self.key,
@@ -828,7 +850,10 @@ impl Room {
         let unused: Vec<Arc<str>> = self
             .docs
             .iter()
-            .filter(|(_, d)| d.session.connections() == 0 && !d.authored)
+            // `.room/participants` stays for the room's life; the thread indexes load again.
+            .filter(|(name, d)| {
+                d.session.connections() == 0 && &***name != presence::PARTICIPANTS_DOC
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for name in unused {

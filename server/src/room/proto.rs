@@ -614,6 +614,7 @@ impl Room {
                 self.developer_log(conn, &tool, &arguments)
             }
             ("developer", "logs") => self.developer_logs(conn, id, &tool_call_id, &arguments),
+            ("threads", _) => self.threads_tool(conn, id, &tool, &arguments).await,
             _ if !BUILTIN_TOOLKITS.contains(&toolkit.as_str()) => {
                 let target = field("participant_id");
                 let on_behalf_of = field("on_behalf_of_id");
@@ -778,6 +779,56 @@ impl Room {
             })?;
         self.carry_out(&doc, out);
         Ok(Some(()))
+    }
+
+    /// A call of the `threads` toolkit: the participant's `sync` grant must cover the document
+    /// it reads or writes; it is answered once what it wrote is durable.
+    async fn threads_tool(
+        &mut self,
+        conn: ConnId,
+        id: u64,
+        tool: &str,
+        arguments: &Content,
+    ) -> Result<Option<Content>, Content> {
+        use super::threads::{needs, ThreadError};
+        let error = |e: ThreadError| {
+            let code = match e {
+                ThreadError::Invalid(_) => ErrorCode::InvalidRequest,
+                ThreadError::NotFound(_) => ErrorCode::NotFound,
+                ThreadError::Exists(_) => ErrorCode::AlreadyExists,
+                ThreadError::Forbidden(_) => ErrorCode::PermissionDenied,
+                ThreadError::Unavailable(_) | ThreadError::Internal => ErrorCode::OperationFailed,
+            };
+            Content::error(code, e.to_string())
+        };
+        let what = format!("threads.{tool}");
+        let args = json_args(arguments, &what)?.clone();
+        let need = needs(tool, &args).map_err(error)?;
+        let Some(s) = self.sockets.sockets.get(&conn) else {
+            return Ok(None);
+        };
+        let access = s
+            .scope
+            .doc_access(&need.doc)
+            .map_err(|f| Content::error(ErrorCode::PermissionDenied, f.to_string()))?;
+        if need.writes && access.read_only {
+            return Err(Content::error(
+                ErrorCode::PermissionDenied,
+                format!("the participant may only read {}", need.doc),
+            ));
+        }
+        let principal = s.principal.clone();
+        let (answer, written) = self
+            .thread_call(&principal, tool, &args)
+            .await
+            .map_err(error)?;
+        match written {
+            Some(_) => {
+                self.owe(Owed::Answer(conn, id, Content::Json(answer)));
+                Ok(None)
+            }
+            None => Ok(Some(Content::Json(answer))),
+        }
     }
 
     /// Opens streamed call `tool_call_id` (of tool `what`) on `conn`, if its input is a stream,
@@ -1488,7 +1539,7 @@ impl Room {
 }
 
 /// The toolkits roomd serves itself; participants cannot register these names.
-const BUILTIN_TOOLKITS: &[&str] = &["sync", "messaging", "developer"];
+const BUILTIN_TOOLKITS: &[&str] = &["sync", "messaging", "developer", "threads"];
 
 /// A `room.invoke_tool` for a hosted toolkit.
 struct HostedCall<'a> {

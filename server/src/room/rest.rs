@@ -102,6 +102,19 @@ pub enum RestCmd {
         /// Whether it changed the document, and the write to wait for before answering.
         reply: oneshot::Sender<Result<Option<WriteSeq>, RestError>>,
     },
+    /// A call of the `threads` toolkit (the caller's access checked).
+    Thread {
+        /// The tool.
+        tool: String,
+        /// Its JSON arguments.
+        args: serde_json::Map<String, serde_json::Value>,
+        /// Who calls.
+        principal: roomd_sync::Principal,
+        /// The answer, and the write to wait for before giving it.
+        reply: oneshot::Sender<
+            Result<(serde_json::Value, Option<WriteSeq>), super::threads::ThreadError>,
+        >,
+    },
     /// Delete a document.
     DeleteDoc {
         /// Its name.
@@ -157,6 +170,14 @@ impl Room {
                 reply,
             } => {
                 let _ = reply.send(self.write_doc(&doc, &update, &who, &principal).await);
+            }
+            RestCmd::Thread {
+                tool,
+                args,
+                principal,
+                reply,
+            } => {
+                let _ = reply.send(self.thread_call(&principal, &tool, &args).await);
             }
             RestCmd::DeleteDoc { doc, who, reply } => {
                 let _ = reply.send(self.delete_doc(&doc, &who).await);
@@ -285,6 +306,9 @@ impl Room {
             .await
             .map_err(|_| RestError::Internal)?
             .map_err(|_| RestError::Internal)?;
+        if super::threads::is_thread(doc) {
+            self.thread_deleted(doc);
+        }
         self.ctx.emit(
             &self.key,
             EventKind::DocumentDeleted,
