@@ -837,6 +837,23 @@ pub async fn spawn_roomd(data_dir: &Path, port: u16, extra: &[&str]) -> tokio::p
     }
 }
 
+/// `roomd ARGS…` on `data_dir`; returns its standard output, failing if it fails.
+pub fn roomd_command(data_dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(roomd_bin())
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "roomd {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// The `roomd` binary built next to the tests (`cargo build -p roomd` first; the test script
 /// does), or `$ROOMD_BIN`.
 pub fn roomd_bin() -> PathBuf {

@@ -2,7 +2,7 @@
 //! nothing that was flushed may be missing, for many cycles in a row.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use roomd_tests::{free_port, roomd_bin, run_node, YClient, WAIT};
+use roomd_tests::{free_port, roomd_bin, roomd_command, run_node, YClient, WAIT};
 use tokio::process::Child;
 
 const CYCLES: usize = 20;
@@ -113,23 +113,6 @@ async fn sigterm_closes_sockets_with_going_away_flushes_and_exits_zero() {
     let c = YClient::connect(&format!("ws://127.0.0.1:{port}/v1/rooms/term/yjs/doc"), 3).await;
     assert_eq!(c.text("t"), "kept");
     child.kill().await.unwrap();
-}
-
-/// `roomd ARGS…` on `data_dir`; returns its standard output, failing if it fails.
-fn roomd_command(data_dir: &std::path::Path, args: &[&str]) -> String {
-    let out = std::process::Command::new(roomd_bin())
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "roomd {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// The one line a command printed.

@@ -385,3 +385,154 @@ async fn the_threads_toolkit_and_rest_keep_authorship_and_editors_see_it_live() 
     assert_eq!(missing["error"], 1003, "{missing}");
     server.stop().await;
 }
+
+async fn rust_client(base: &str, token: &str) -> roomd_client::RoomClient {
+    let mut config = roomd_client::Config::new(base, ROOM, Some(token.to_string()));
+    config.backoff_initial = std::time::Duration::from_millis(20);
+    config.backoff_max = std::time::Duration::from_millis(200);
+    tokio::time::timeout(roomd_tests::WAIT, roomd_client::RoomClient::connect(config))
+        .await
+        .expect("connecting timed out")
+        .expect("connecting")
+}
+
+async fn next_message(stream: &mut roomd_client::NewMessages) -> roomd_client::Message {
+    tokio::time::timeout(roomd_tests::WAIT, stream.next())
+        .await
+        .expect("no new message in time")
+        .expect("the stream ended")
+        .expect("the stream lagged")
+}
+
+async fn until_session_changes(c: &roomd_client::RoomClient, before: &str) {
+    let mut status = c.status();
+    tokio::time::timeout(roomd_tests::WAIT, async {
+        loop {
+            if let roomd_client::Status::Connected { session_id, .. } = &*status.borrow_and_update()
+            {
+                if session_id != before {
+                    return;
+                }
+            }
+            status.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the client did not reconnect in time");
+}
+
+fn session_of(c: &roomd_client::RoomClient) -> String {
+    match &*c.status().borrow() {
+        roomd_client::Status::Connected { session_id, .. } => session_id.clone(),
+        other => panic!("not connected: {other:?}"),
+    }
+}
+
+/// The Rust client's thread methods and its stream of new messages; a message posted offline
+/// is merged once the server is back (after `kill -9`), and a forged one made offline is
+/// refused then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_follows_a_thread_and_posts_to_it_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let secret = roomd_tests::roomd_command(&data, &["key", "create", "--project", "default"]);
+    let key = ApiKey::parse(secret.trim()).unwrap();
+    let port = roomd_tests::free_port();
+    let base = format!("ws://127.0.0.1:{port}");
+    let mut child = roomd_tests::spawn_roomd(&data, port, &[]).await;
+    let a = rust_client(&base, &token(&key, "alice")).await;
+    let b = rust_client(&base, &token(&key, "bob")).await;
+    assert_eq!(a.name(), "alice");
+
+    a.create_thread(THREAD).await.unwrap();
+    let ta = a.open_thread(THREAD).await.unwrap();
+    let tb = b.open_thread(THREAD).await.unwrap();
+    let mut seen_by_b = tb.new_messages().unwrap();
+    let posted = a.post_message(THREAD, "hello").await.unwrap();
+    let m = next_message(&mut seen_by_b).await;
+    assert_eq!(
+        (m.id.as_str(), m.author_name.as_str(), m.text.as_str()),
+        (posted.id.as_str(), "alice", "hello")
+    );
+    let refused = b
+        .edit_message(THREAD, &posted.id, "mine now")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(roomd_client::ErrorCode::PermissionDenied),
+        "{refused:?}"
+    );
+    let listed = b.list_threads("chats").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].path, THREAD);
+
+    // The server goes away; alice posts in her copy, bob forges a post as alice in his.
+    let (sa, sb) = (session_of(&a), session_of(&b));
+    child.kill().await.unwrap();
+    let mut status = a.status();
+    tokio::time::timeout(
+        roomd_tests::WAIT,
+        status.wait_for(|s| matches!(s, roomd_client::Status::Disconnected { .. })),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let offline = ta.post("written offline").unwrap();
+    let mut b_changes = tb.document().changes();
+    {
+        let xml = tb.document().doc().get_or_insert_xml_fragment("xml");
+        let mut txn = tb.document().doc().transact_mut();
+        let Some(XmlOut::Element(list)) = xml.get(&txn, 1) else {
+            panic!("no messages list")
+        };
+        post(&mut txn, &list, "alice", "forged offline");
+    }
+    child = roomd_tests::spawn_roomd(&data, port, &[]).await;
+    until_session_changes(&a, &sa).await;
+    until_session_changes(&b, &sb).await;
+    tokio::time::timeout(roomd_tests::WAIT, ta.document().durable())
+        .await
+        .expect("the offline post was not durable in time")
+        .unwrap();
+    // Bob's forgery is refused when it arrives.
+    let refusal = tokio::time::timeout(roomd_tests::WAIT, async {
+        loop {
+            if let Some(Ok(roomd_client::DocEvent::Refused { message })) = b_changes.next().await {
+                return message;
+            }
+        }
+    })
+    .await
+    .expect("no refusal in time");
+    assert!(refusal.contains("must name its author, bob"), "{refusal}");
+    // Alice's reaches bob once, and the room holds hers and not the forgery (which stays in
+    // bob's copy alone: his stream showed it when he wrote it).
+    let mut seen_by_a = ta.new_messages().unwrap();
+    a.post_message(THREAD, "after").await.unwrap();
+    assert_eq!(next_message(&mut seen_by_b).await.text, "forged offline");
+    let arrived = next_message(&mut seen_by_b).await;
+    assert_eq!(
+        (arrived.id.as_str(), arrived.text.as_str()),
+        (offline.as_str(), "written offline")
+    );
+    assert_eq!(next_message(&mut seen_by_b).await.text, "after");
+    assert_eq!(next_message(&mut seen_by_a).await.text, "after");
+    let page = a.read_messages(THREAD, 0, 10).await.unwrap();
+    let texts: Vec<(&str, &str)> = page
+        .messages
+        .iter()
+        .map(|m| (m.author_name.as_str(), m.text.as_str()))
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            ("alice", "hello"),
+            ("alice", "written offline"),
+            ("alice", "after")
+        ]
+    );
+    a.close().await;
+    b.close().await;
+    child.kill().await.unwrap();
+}

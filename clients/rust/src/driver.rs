@@ -107,6 +107,8 @@ pub(crate) struct Shared {
     pub(crate) notify: Arc<Notify>,
     pub(crate) messages: broadcast::Sender<MessagingEvent>,
     pub(crate) participants: Mutex<BTreeMap<String, Participant>>,
+    /// This participant's name, as the server last said at connect.
+    pub(crate) name: Mutex<String>,
 }
 
 /// A socket with its handshake read.
@@ -115,6 +117,8 @@ pub(crate) struct Connected {
     assembler: Assembler,
     pub(crate) participant_id: String,
     pub(crate) session_id: String,
+    /// The participant's name, from its attributes.
+    pub(crate) name: String,
 }
 
 /// A document the connection keeps in sync.
@@ -216,6 +220,7 @@ pub(crate) async fn connect(config: &Config) -> Result<Connected> {
         assembler: Assembler::new(client_limits()),
         participant_id: String::new(),
         session_id: String::new(),
+        name: String::new(),
     };
     let handshake = async {
         let ready = next_message(&mut c).await?;
@@ -234,6 +239,10 @@ pub(crate) async fn connect(config: &Config) -> Result<Connected> {
             )));
         }
         c.participant_id = str_of(&connected.1.header, "participantId");
+        c.name = connected.1.header["attributes"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         Ok(())
     };
     match tokio::time::timeout(config.handshake_timeout, handshake).await {
@@ -488,7 +497,11 @@ impl Driver {
             mut assembler,
             participant_id,
             session_id,
+            name,
         } = c;
+        if let Ok(mut n) = self.shared.name.lock() {
+            *n = name;
+        }
         self.session += 1;
         let (mut sink, mut stream): (_, SplitStream<Ws>) = ws.split();
         let (tx, mut rx) = mpsc::channel::<Message>(WRITE_QUEUE);

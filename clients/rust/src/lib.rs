@@ -38,6 +38,7 @@
 mod document;
 mod driver;
 mod error;
+mod threads;
 mod tools;
 
 use std::collections::BTreeMap;
@@ -53,6 +54,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 pub use document::{Author, Change, Changes, DocEvent, Document, CHANGES_BUFFER};
 pub use error::{Error, Result};
 pub use roomd_sync::room_protocol::{Content, Control, ErrorCode};
+pub use threads::{Message, NewMessages, Page, Posted, Thread, ThreadEntry, NEW_MESSAGES_BUFFER};
 pub use tools::{Tool, ToolCall, ToolError, ToolStream, Toolkit};
 
 use driver::{Cmd, Driver, Shared};
@@ -378,6 +380,7 @@ impl RoomClient {
             notify: Arc::new(Notify::new()),
             messages: broadcast::channel(MESSAGES_BUFFER).0,
             participants: Mutex::new(BTreeMap::new()),
+            name: Mutex::new(first.name.clone()),
         });
         let (tx, rx) = mpsc::channel(driver::COMMANDS);
         let d = Driver::new(config, shared.clone(), rx, tx.downgrade());
@@ -388,6 +391,15 @@ impl RoomClient {
     /// The connection's state, as it changes.
     pub fn status(&self) -> watch::Receiver<Status> {
         self.shared.status.subscribe()
+    }
+
+    /// This participant's name (its token's), as the server said when the client connected.
+    pub fn name(&self) -> String {
+        self.shared
+            .name
+            .lock()
+            .map(|n| n.clone())
+            .unwrap_or_default()
     }
 
     /// This participant's id on the current connection.
