@@ -66,6 +66,20 @@ async def main() -> None:
                 ]
             }
         }, described
+
+        # A message that names another author is refused by the server, and the SDK says so.
+        forged = await a.sync.open(path="chats/forged.thread")
+        members = forged.root.append_child("members", {})
+        messages = forged.root.append_child("messages", {})
+        messages.append_child("message", {"id": "f1", "text": "as someone else", "author_name": "someone-else"})
+        try:
+            await a.sync.close(path="chats/forged.thread")
+            raise SystemExit("a forged message was accepted")
+        except RoomException as e:
+            assert "must name its author, author" in str(e), str(e)
+        described = await a.sync.describe(path="chats/forged.thread")
+        items = described["thread"]["properties"][1]["messages"]["items"]
+        assert all(m["message"].get("author_name") != "someone-else" for m in items), described
     print("ok")
 
 
