@@ -635,6 +635,113 @@ impl UpdateRules for DocumentRules {
     }
 }
 
+/// The rules of a queue's document (`.queues/<name>`): the server writes its items and their
+/// states; a participant (whose grant lets it send to the queue, which the server checks
+/// when it joins) may only append `send` elements, each with its `message` (JSON text) and
+/// `$id`, to the root's `inbox` element, in one update each, and deletes and changes nothing.
+#[derive(Debug, Clone, Default)]
+pub struct InboxRules {
+    structure: Structure,
+}
+
+/// The tag of the element that holds a queue document's sends.
+pub const INBOX: &str = "inbox";
+/// The tag of a send appended to the inbox.
+pub const SEND: &str = "send";
+
+impl InboxRules {
+    /// The rules of a queue document whose whole state `snapshot` encodes.
+    pub fn new(snapshot: &[u8]) -> InboxRules {
+        let mut rules = InboxRules::default();
+        rules.reset(snapshot);
+        rules
+    }
+
+    /// The tag and parent of the element at `id`, in the update's new elements or the
+    /// document.
+    fn element<'a>(
+        &'a self,
+        new: &'a HashMap<(u64, u32), (&'a str, Option<&'a Parent>)>,
+        id: (u64, u32),
+    ) -> Option<(&'a str, Option<&'a Parent>)> {
+        if let Some((tag, parent)) = new.get(&id) {
+            return Some((tag, *parent));
+        }
+        self.structure
+            .element(id.0, id.1)
+            .map(|(tag, parent)| (&**tag, parent))
+    }
+}
+
+const SERVER_ONLY: &str =
+    "only the server writes a queue's items: a client appends sends to its inbox";
+
+impl UpdateRules for InboxRules {
+    fn check(&self, _who: &Principal, update: &[u8]) -> Result<(), String> {
+        let changes = self
+            .structure
+            .changes(update)
+            .map_err(|e| format!("unreadable update: {e}"))?;
+        if changes.unresolved > 0 {
+            return Err("the update builds on items this document does not hold".into());
+        }
+        if changes.deleted.iter().any(|d| d.parent.is_some()) {
+            return Err(SERVER_ONLY.into());
+        }
+        let new: HashMap<(u64, u32), (&str, Option<&Parent>)> = changes
+            .inserted
+            .iter()
+            .filter_map(|i| match &i.content {
+                StructContent::Element(tag) => {
+                    Some(((i.client, i.clock), (tag.as_str(), i.parent.as_ref())))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut with_message = std::collections::HashSet::new();
+        for i in &changes.inserted {
+            let Some(parent) = &i.parent else { continue };
+            match (&i.content, &i.key, parent) {
+                // A send, appended to the inbox.
+                (StructContent::Element(tag), None, Parent::Item(c, k)) if tag == SEND => {
+                    match self.element(&new, (*c, *k)) {
+                        Some((INBOX, Some(Parent::Root(root)))) if &**root == ROOT => {}
+                        _ => return Err(SERVER_ONLY.into()),
+                    }
+                }
+                // Its `$id` and `message`, set with it.
+                (StructContent::Values(v), Some(key), Parent::Item(c, k))
+                    if matches!(&**key, "$id" | "message")
+                        && matches!(new.get(&(*c, *k)), Some((SEND, _))) =>
+                {
+                    if !matches!(v.as_slice(), [AnyValue::String(_)]) {
+                        return Err(format!("a send's {key} is a string"));
+                    }
+                    if &**key == "message" {
+                        with_message.insert((*c, *k));
+                    }
+                }
+                _ => return Err(SERVER_ONLY.into()),
+            }
+        }
+        for (id, (tag, _)) in &new {
+            if *tag == SEND && !with_message.contains(id) {
+                return Err("a send carries its message (JSON text) in the same update".into());
+            }
+        }
+        Ok(())
+    }
+
+    fn accepted(&mut self, _who: Option<&Principal>, update: &[u8]) {
+        let _ = self.structure.record(update);
+    }
+
+    fn reset(&mut self, snapshot: &[u8]) {
+        self.structure = Structure::new();
+        let _ = self.structure.record(snapshot);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -968,5 +1075,83 @@ mod tests {
         w.submit(&alice(), &posted).unwrap();
         w.submit(&alice(), &edited).unwrap();
         assert!(w.messages().contains("two"));
+    }
+
+    /// A queue document as the server starts it: `items`, then `inbox`.
+    fn queue_doc() -> (Doc, InboxRules) {
+        let server = Doc::with_client_id(1);
+        let xml = server.get_or_insert_xml_fragment(ROOT);
+        let update = {
+            let mut txn = server.transact_mut();
+            let items = xml.push_back(&mut txn, XmlElementPrelim::empty("items"));
+            let item = items.push_back(&mut txn, XmlElementPrelim::empty("item"));
+            item.insert_attribute(&mut txn, "state", "waiting");
+            xml.push_back(&mut txn, XmlElementPrelim::empty(INBOX));
+            txn.encode_update_v1()
+        };
+        let mut rules = InboxRules::new(&[]);
+        rules.accepted(None, &update);
+        (server, rules)
+    }
+
+    fn queue_edit(
+        server: &Doc,
+        edit: impl FnOnce(&mut yrs::TransactionMut, XmlElementRef, XmlElementRef),
+    ) -> Vec<u8> {
+        let copy = Doc::with_client_id(77);
+        let xml = copy.get_or_insert_xml_fragment(ROOT);
+        copy.transact_mut()
+            .apply_update(Update::decode_v1(&state(server)).unwrap())
+            .unwrap();
+        let mut txn = copy.transact_mut();
+        let (items, inbox) = (nth_root(&txn, &xml, 0), nth_root(&txn, &xml, 1));
+        edit(&mut txn, items, inbox);
+        txn.encode_update_v1()
+    }
+
+    fn nth_root(txn: &yrs::TransactionMut, xml: &yrs::XmlFragmentRef, i: u32) -> XmlElementRef {
+        match xml.get(txn, i) {
+            Some(XmlOut::Element(e)) => e,
+            other => panic!("no element {i}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_client_only_appends_sends_to_a_queues_inbox() {
+        let (server, rules) = queue_doc();
+        let who = alice();
+        let send = queue_edit(&server, |txn, _, inbox| {
+            let s = inbox.push_back(txn, XmlElementPrelim::empty(SEND));
+            s.insert_attribute(txn, "$id", "s1");
+            s.insert_attribute(txn, "message", r#"{"job": 1}"#);
+        });
+        rules.check(&who, &send).unwrap();
+        let refused = |update: &[u8]| rules.check(&who, update).unwrap_err();
+        let no_message = queue_edit(&server, |txn, _, inbox| {
+            inbox.push_back(txn, XmlElementPrelim::empty(SEND));
+        });
+        assert!(refused(&no_message).contains("carries its message"));
+        let state = queue_edit(&server, |txn, items, _| {
+            nth(txn, &items, 0).insert_attribute(txn, "state", "done");
+        });
+        assert_eq!(refused(&state), SERVER_ONLY);
+        let item = queue_edit(&server, |txn, items, _| {
+            let s = items.push_back(txn, XmlElementPrelim::empty(SEND));
+            s.insert_attribute(txn, "message", "{}");
+        });
+        assert_eq!(refused(&item), SERVER_ONLY);
+        let delete = queue_edit(&server, |txn, items, _| items.remove_range(txn, 0, 1));
+        assert_eq!(refused(&delete), SERVER_ONLY);
+        let number = queue_edit(&server, |txn, _, inbox| {
+            let s = inbox.push_back(txn, XmlElementPrelim::empty(SEND));
+            s.insert_attribute(txn, "message", 5);
+        });
+        assert!(refused(&number).contains("is a string"));
+        let other = queue_edit(&server, |txn, _, inbox| {
+            let s = inbox.push_back(txn, XmlElementPrelim::empty(SEND));
+            s.insert_attribute(txn, "message", "{}");
+            s.insert_attribute(txn, "state", "done");
+        });
+        assert_eq!(refused(&other), SERVER_ONLY);
     }
 }
