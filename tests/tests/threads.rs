@@ -536,3 +536,22 @@ async fn the_rust_client_follows_a_thread_and_posts_to_it_offline() {
     b.close().await;
     child.kill().await.unwrap();
 }
+
+/// A stock y-websocket editor (the real `yjs` and `y-websocket`) on a thread: a message posted
+/// over REST shows live, its own message reaches the room, its edit of another's is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stock_editor_follows_a_thread_and_its_forgery_is_refused() {
+    let (server, key) = secured().await;
+    let rest = format!("http://{}/v1/rooms/{ROOM}", server.addr());
+    roomd_tests::run_node(
+        "thread.mjs",
+        &[
+            &server.yjs_base(ROOM),
+            &rest,
+            &token(&key, "alice"),
+            &token(&key, "bob"),
+        ],
+    )
+    .await;
+    server.stop().await;
+}
