@@ -6,6 +6,7 @@ pub mod book;
 pub mod compare;
 pub mod peer;
 pub mod procstat;
+pub mod queues;
 pub mod relay;
 pub mod render;
 pub mod room;

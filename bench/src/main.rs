@@ -181,6 +181,29 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         messages: usize,
     },
+    /// Work queues in one run: roomd's `queues` toolkit (sends answered once durable, receives
+    /// with a lease, acknowledgements) beside a real `redis-server` with Streams (XADD,
+    /// XREADGROUP, XACK, `appendfsync everysec`), each started fresh by the benchmark.
+    Queues {
+        /// The roomd binary.
+        #[arg(long, default_value = "target/release/roomd")]
+        roomd: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        producers: usize,
+        #[arg(long, default_value_t = 4)]
+        consumers: usize,
+        #[arg(long, default_value_t = 20_000)]
+        items: usize,
+        /// Sends each producer keeps in flight.
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+        /// Items per second of the latency run (paced, so that nothing waits in a backlog).
+        #[arg(long, default_value_t = 2_000.0)]
+        rate: f64,
+        /// Items of the latency run.
+        #[arg(long, default_value_t = 10_000)]
+        latency_items: usize,
+    },
     /// Times loading a stored document (run `replay` first, then restart the server).
     ColdLoad {
         #[command(flatten)]
@@ -217,6 +240,56 @@ async fn fresh_roomd(
     let key = compare::roomd_key(programs, data.path()).await?;
     let server = compare::ServerProcess::start(Kind::Roomd, programs, data.path(), None).await?;
     Ok((server, key, data))
+}
+
+/// The `queues` subcommand (see [`Command::Queues`]): each load on a fresh `redis-server`,
+/// then on a fresh roomd with authentication on; the figures, then roomd's as ratios of
+/// Redis's.
+async fn queues(roomd: PathBuf, loads: [roomd_bench::queues::QueueLoad; 2]) -> anyhow::Result<()> {
+    let programs = compare::Programs {
+        roomd,
+        peers: PathBuf::from("bench/peers"),
+    };
+    let mut pairs = Vec::new();
+    for load in loads {
+        let dir = tempfile::tempdir()?;
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            l.local_addr()?.port()
+        };
+        let mut redis = roomd_bench::queues::start_redis(dir.path(), port).await?;
+        let r = roomd_bench::queues::redis_streams(port, load).await?;
+        r.print();
+        redis.kill().await?;
+        let (server, key, _data) = fresh_roomd(&programs).await?;
+        let token = compare::roomd_mint(&programs, &key, "bench").await?;
+        let target = Target {
+            token: Some(token),
+            ..server.target.clone()
+        };
+        let ours = roomd_bench::queues::roomd_queues(&target, load).await?;
+        ours.print();
+        server.stop().await;
+        pairs.push((r, ours));
+    }
+    println!("roomd / redis:");
+    for (redis, ours) in &pairs {
+        for (name, value) in &ours.figures {
+            let theirs = redis
+                .figures
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| *v);
+            if let Some(theirs) = theirs.filter(|t| *t > 0.0) {
+                println!(
+                    "    {:<20} {name:<14} {:>8.2}",
+                    ours.scenario,
+                    value / theirs
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The `room-protocol` subcommand (see [`Command::RoomProtocol`]).
@@ -379,6 +452,29 @@ async fn main() -> anyhow::Result<()> {
                 out.display()
             );
             return Ok(());
+        }
+        Command::Queues {
+            roomd,
+            producers,
+            consumers,
+            items,
+            window,
+            rate,
+            latency_items,
+        } => {
+            let throughput = roomd_bench::queues::QueueLoad {
+                producers,
+                consumers,
+                items,
+                window,
+                rate: None,
+            };
+            let latency = roomd_bench::queues::QueueLoad {
+                items: latency_items,
+                rate: Some(rate),
+                ..throughput
+            };
+            return queues(roomd, [throughput, latency]).await;
         }
         Command::RoomProtocol {
             roomd,

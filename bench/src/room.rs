@@ -105,7 +105,7 @@ where
 }
 
 /// Writes a queued message's packets at once, in this task.
-async fn send_now<S>(sink: &mut S, queued: Bytes) -> Result<(), S::Error>
+pub(crate) async fn send_now<S>(sink: &mut S, queued: Bytes) -> Result<(), S::Error>
 where
     S: futures_util::Sink<Message> + Unpin,
 {
@@ -114,7 +114,7 @@ where
 }
 
 /// Reads whole messages from a socket.
-struct Reader {
+pub(crate) struct Reader {
     stream: SplitStream<Ws>,
     assembler: Assembler,
 }
@@ -143,7 +143,7 @@ impl Reader {
     }
 
     /// The next whole message and its payload; `None` when the connection ends.
-    async fn next(&mut self) -> Option<(RawMessage, Payload)> {
+    pub(crate) async fn next(&mut self) -> Option<(RawMessage, Payload)> {
         let m = self.next_raw().await?;
         let p = Payload::decode(&m.data, &WireLimits::default()).ok()?;
         Some((m, p))
@@ -302,20 +302,20 @@ fn latency_report(report: &mut Report, prefix: &str, h: &Histogram<u64>) {
 
 /// A connected room-protocol client: it writes its messages itself, in the task that sends
 /// them (a request and its answer cross no task of the generator's on the way out).
-struct Conn {
-    sink: SplitSink<Ws, Message>,
-    reader: Reader,
+pub(crate) struct Conn {
+    pub(crate) sink: SplitSink<Ws, Message>,
+    pub(crate) reader: Reader,
 }
 
 impl Conn {
     /// Sends a message (as [`queued_message`] makes them) at once.
-    async fn send(&mut self, queued: Bytes) -> anyhow::Result<()> {
+    pub(crate) async fn send(&mut self, queued: Bytes) -> anyhow::Result<()> {
         send_now(&mut self.sink, queued).await?;
         Ok(())
     }
 
     /// Reads until the `__response__` to a request: its payload.
-    async fn response(&mut self, what: &str) -> anyhow::Result<Payload> {
+    pub(crate) async fn response(&mut self, what: &str) -> anyhow::Result<Payload> {
         loop {
             let (m, p) = tokio::time::timeout(STEP_MAX, self.reader.next())
                 .await
@@ -328,7 +328,7 @@ impl Conn {
     }
 }
 
-async fn conn(target: &Target, token: Option<String>) -> anyhow::Result<Conn> {
+pub(crate) async fn conn(target: &Target, token: Option<String>) -> anyhow::Result<Conn> {
     let t = Target {
         token,
         ..target.clone()
@@ -338,6 +338,17 @@ async fn conn(target: &Target, token: Option<String>) -> anyhow::Result<Conn> {
     let mut reader = Reader::new(stream);
     reader.handshake().await?;
     Ok(Conn { sink, reader })
+}
+
+/// A `room.invoke_tool` of `toolkit.tool` with JSON `arguments`.
+pub(crate) fn invoke_json(toolkit: &str, tool: &str, call: u64, arguments: Value) -> Bytes {
+    message(
+        "room.invoke_tool",
+        json!({"toolkit": toolkit, "tool": tool, "tool_call_id": format!("q{call}"),
+            "participant_id": null, "on_behalf_of_id": null,
+            "arguments": {"type": "json", "json": arguments}}),
+        b"",
+    )
 }
 
 /// The `room.invoke_tool` of the benchmark's `i`th call to `toolkit.tool`.
