@@ -13,7 +13,7 @@ mod views;
 mod ydoc;
 
 pub use limits::DocLimits;
-pub use mesh::MeshError;
+pub use mesh::{MeshError, Replica};
 
 /// The largest integer a Yjs client decodes exactly: JavaScript's `Number.MAX_SAFE_INTEGER`.
 /// lib0 throws on larger ones or loses their precision, so no client id, clock or count above it

@@ -1,9 +1,10 @@
 //! Edits of a MeshDocument's elements that the server makes on a participant's behalf (a
 //! thread's posts, edits and deletions, from the `threads` toolkit), and what it reads of them.
 //!
-//! An edit on a participant's behalf is made on a copy of the document, as Yjs client
-//! `client_id`, and returned as a v1 update: the server then applies it like any client's,
-//! through the document's rules. The index documents the server writes itself (a directory's
+//! An edit on a participant's behalf is made on a [`Replica`] of the document, a Yjs client of
+//! its own, and returned as a v1 update: the server then applies it like any client's, through
+//! the document's rules. The replica is kept between edits and catches up by what it lacks, so
+//! an edit costs what it changes. The index documents the server writes itself (a directory's
 //! `thread_list`) are edited in place, as the documents it authors are.
 
 use yrs::updates::decoder::Decode;
@@ -81,6 +82,104 @@ fn with_id<T: ReadTxn>(
     Some(json)
 }
 
+/// A copy of a document on which the server makes edits on a participant's behalf, as a Yjs
+/// client of its own, and that it keeps for the next: it catches up with the document by what
+/// it lacks, so an edit costs what it changes, not the document's size. An edit the document
+/// refuses leaves the replica ahead of it: drop the replica then.
+#[derive(Debug)]
+pub struct Replica {
+    doc: Doc,
+}
+
+impl Replica {
+    /// A replica of `of` whose edits are Yjs client `client_id`'s (one no edit of the document
+    /// has used, and that is used by no other replica).
+    pub fn of(of: &YDoc, client_id: u64) -> Option<Replica> {
+        Some(Replica {
+            doc: of.copy_as(client_id)?,
+        })
+    }
+
+    /// Brings the replica up to `of`'s state: what it lacks, only.
+    pub fn catch_up(&mut self, of: &YDoc) -> Result<(), MeshError> {
+        let sv = self.doc.transact().state_vector();
+        let diff = of.doc.transact().encode_state_as_update_v1(&sv);
+        let update = Update::decode_v1(&diff).map_err(|_| MeshError::Invalid)?;
+        self.doc
+            .transact_mut()
+            .apply_update(update)
+            .map_err(|_| MeshError::Invalid)
+    }
+
+    /// The update `edit` makes on the root's first `container_tag` element of this replica.
+    fn edit_container(
+        &mut self,
+        container_tag: &str,
+        edit: impl FnOnce(&mut yrs::TransactionMut, XmlElementRef) -> Result<(), MeshError>,
+    ) -> Result<Vec<u8>, MeshError> {
+        let mut txn = self.doc.transact_mut();
+        let xml = txn.get_or_insert_xml_fragment(ROOT);
+        let list = container(&txn, &xml, container_tag)
+            .ok_or_else(|| MeshError::NoContainer(container_tag.into()))?;
+        edit(&mut txn, list)?;
+        Ok(txn.encode_update_v1())
+    }
+
+    /// An update that appends the Document-JSON elements `children` to the root's first
+    /// `container` element (see [`YDoc::mesh_insert`]).
+    pub fn mesh_append(
+        &mut self,
+        container_tag: &str,
+        children: &[serde_json::Value],
+        children_of: &dyn Fn(&str) -> Option<String>,
+        new_id: &mut dyn FnMut() -> String,
+    ) -> Result<Vec<u8>, MeshError> {
+        self.edit_container(container_tag, |txn, list| {
+            for child in children {
+                let at = list.len(txn);
+                insert_element(txn, &list, at, child, children_of, new_id, 2)
+                    .ok_or(MeshError::Invalid)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// An update that sets (a JSON `null` removes) attributes of the element `id` of the root's
+    /// first `container` element.
+    pub fn mesh_set(
+        &mut self,
+        container_tag: &str,
+        id: &str,
+        attributes: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Vec<u8>, MeshError> {
+        self.edit_container(container_tag, |txn, list| {
+            let (_, e) =
+                child_by_id(txn, &list, id).ok_or_else(|| MeshError::NoElement(id.into()))?;
+            for (name, value) in attributes {
+                if name == "$id" {
+                    continue;
+                }
+                if value.is_null() {
+                    e.remove_attribute(txn, name);
+                } else {
+                    e.insert_attribute(txn, name.as_str(), json_to_any(value));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// An update that deletes the element `id` of the root's first `container` element.
+    pub fn mesh_remove(&mut self, container_tag: &str, id: &str) -> Result<Vec<u8>, MeshError> {
+        self.edit_container(container_tag, |txn, list| {
+            let (at, _) =
+                child_by_id(txn, &list, id).ok_or_else(|| MeshError::NoElement(id.into()))?;
+            list.remove_range(txn, at, 1);
+            Ok(())
+        })
+    }
+}
+
 impl YDoc {
     /// A copy of this document whose edits are Yjs client `client_id`'s.
     pub(crate) fn copy_as(&self, client_id: u64) -> Option<Doc> {
@@ -96,23 +195,6 @@ impl YDoc {
             .apply_update(Update::decode_v1(&state).ok()?)
             .ok()?;
         Some(doc)
-    }
-
-    /// An update made as `client_id` by `edit` on the root's first `container_tag` element of a
-    /// copy of this document.
-    fn edit_container(
-        &self,
-        client_id: u64,
-        container_tag: &str,
-        edit: impl FnOnce(&mut yrs::TransactionMut, XmlElementRef) -> Result<(), MeshError>,
-    ) -> Result<Vec<u8>, MeshError> {
-        let doc = self.copy_as(client_id).ok_or(MeshError::Invalid)?;
-        let mut txn = doc.transact_mut();
-        let xml = txn.get_or_insert_xml_fragment(ROOT);
-        let list = container(&txn, &xml, container_tag)
-            .ok_or_else(|| MeshError::NoContainer(container_tag.into()))?;
-        edit(&mut txn, list)?;
-        Ok(txn.encode_update_v1())
     }
 
     /// An update that gives an empty MeshDocument's root the elements `tags` (each with the
@@ -134,68 +216,6 @@ impl YDoc {
             e.insert_attribute(&mut txn, "$id", new_id());
         }
         Some(txn.encode_update_v1())
-    }
-
-    /// An update that appends the Document-JSON elements `children` to the root's first
-    /// `container` element, made as `client_id` (see [`YDoc::mesh_insert`]).
-    pub fn mesh_append(
-        &self,
-        client_id: u64,
-        container_tag: &str,
-        children: &[serde_json::Value],
-        children_of: &dyn Fn(&str) -> Option<String>,
-        new_id: &mut dyn FnMut() -> String,
-    ) -> Result<Vec<u8>, MeshError> {
-        self.edit_container(client_id, container_tag, |txn, list| {
-            for child in children {
-                let at = list.len(txn);
-                insert_element(txn, &list, at, child, children_of, new_id, 2)
-                    .ok_or(MeshError::Invalid)?;
-            }
-            Ok(())
-        })
-    }
-
-    /// An update that sets (a JSON `null` removes) attributes of the element `id` of the root's
-    /// first `container` element, made as `client_id`.
-    pub fn mesh_set(
-        &self,
-        client_id: u64,
-        container_tag: &str,
-        id: &str,
-        attributes: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<Vec<u8>, MeshError> {
-        self.edit_container(client_id, container_tag, |txn, list| {
-            let (_, e) =
-                child_by_id(txn, &list, id).ok_or_else(|| MeshError::NoElement(id.into()))?;
-            for (name, value) in attributes {
-                if name == "$id" {
-                    continue;
-                }
-                if value.is_null() {
-                    e.remove_attribute(txn, name);
-                } else {
-                    e.insert_attribute(txn, name.as_str(), json_to_any(value));
-                }
-            }
-            Ok(())
-        })
-    }
-
-    /// An update that deletes the element `id` of the root's first `container` element, made
-    /// as `client_id`.
-    pub fn mesh_remove(
-        &self,
-        client_id: u64,
-        container_tag: &str,
-        id: &str,
-    ) -> Result<Vec<u8>, MeshError> {
-        self.edit_container(client_id, container_tag, |txn, list| {
-            let (at, _) =
-                child_by_id(txn, &list, id).ok_or_else(|| MeshError::NoElement(id.into()))?;
-            list.remove_range(txn, at, 1);
-            Ok(())
-        })
     }
 
     /// The element `id` of the root's first `container` element as Document-JSON with its
@@ -336,10 +356,12 @@ mod tests {
         let init = doc.mesh_init(5, &["members", "messages"], &mut id).unwrap();
         doc.apply_update(&init).unwrap();
         assert_eq!(doc.mesh_init(5, &["members", "messages"], &mut id), None);
+        let mut replica = Replica::of(&doc, 6).unwrap();
         for text in ["one", "two", "three"] {
             let post = serde_json::json!({"message": {"text": text, "author_name": "alice"}});
-            let u = doc
-                .mesh_append(6, "messages", &[post], &children, &mut id)
+            replica.catch_up(&doc).unwrap();
+            let u = replica
+                .mesh_append("messages", &[post], &children, &mut id)
                 .unwrap();
             doc.apply_update(&u).unwrap();
         }
@@ -352,23 +374,31 @@ mod tests {
                 serde_json::json!({"message": {"$id": "id5", "text": "three", "author_name": "alice", "attachments": []}}),
             ]
         );
+        // Another client's edit reaches the replica by catching up, and only what it lacks.
+        let mut other = Replica::of(&doc, 7).unwrap();
         let mut attrs = serde_json::Map::new();
         attrs.insert("text".into(), "2".into());
-        let u = doc.mesh_set(7, "messages", "id4", &attrs).unwrap();
+        let u = other.mesh_set("messages", "id4", &attrs).unwrap();
         doc.apply_update(&u).unwrap();
         assert_eq!(
             doc.mesh_get("messages", "id4", &children).unwrap()["message"]["text"],
             "2"
         );
-        let u = doc.mesh_remove(7, "messages", "id3").unwrap();
+        replica.catch_up(&doc).unwrap();
+        let u = replica.mesh_remove("messages", "id3").unwrap();
+        assert!(
+            u.len() < 64,
+            "a removal is a small update: {} bytes",
+            u.len()
+        );
         doc.apply_update(&u).unwrap();
         assert_eq!(doc.mesh_page("messages", 0, 10, &children).unwrap().1, 2);
         assert_eq!(
-            doc.mesh_remove(7, "messages", "id3"),
+            replica.mesh_remove("messages", "id3"),
             Err(MeshError::NoElement("id3".into()))
         );
         assert_eq!(
-            doc.mesh_append(7, "nowhere", &[], &children, &mut id),
+            replica.mesh_append("nowhere", &[], &children, &mut id),
             Err(MeshError::NoContainer("nowhere".into()))
         );
     }

@@ -104,6 +104,9 @@ struct DocState {
     new: bool,
     /// The server writes the document itself (`.room/participants`): it stays loaded.
     authored: bool,
+    /// The replica the server makes edits on participants' behalf on (a thread's toolkit
+    /// calls), kept from the first such edit while the document is loaded.
+    replica: Option<roomd_crdt::Replica>,
 }
 
 /// A document being integrated on a blocking thread. Its connections have joined already: a
@@ -673,6 +676,7 @@ impl Room {
                 compaction: None,
                 new: stored.is_new(),
                 authored,
+                replica: None,
             }
         }
     }

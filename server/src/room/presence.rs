@@ -148,6 +148,7 @@ impl Room {
             compaction: None,
             new: stored.is_new(),
             authored: true,
+            replica: None,
         };
         let mut out = Vec::new();
         if let Some(update) = cleared {

@@ -3,8 +3,9 @@
 //!
 //! A thread is a MeshDocument at a path ending in `.thread` (the builtin `thread` schema, under
 //! the rules of `room_apis::rules`). The toolkit's edits are made on a participant's behalf:
-//! built as updates of a Yjs client of their own on a copy of the thread, then applied like any
-//! client's, through the same rules, with the participant as the principal. The index of the
+//! built as updates of a Yjs client of the server's own on a replica of the thread it keeps
+//! while the thread is loaded, then applied like any client's, through the same rules, with the
+//! participant as the principal. The index of the
 //! directory `dir` is `.threads/<dir>/index.thread_list` (`.threads/index.thread_list` for the
 //! room's top level), a document only the server writes (the `thread_list` schema: one `thread`
 //! per thread, with `name`, `path`, `created_at`, `modified_at`); it follows every thread's
@@ -13,6 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use roomd_crdt::{MeshError, Replica};
 use roomd_sync::{CloseCode, Principal};
 use serde_json::{json, Map, Value};
 use tokio::time::{Duration, Instant};
@@ -382,7 +384,11 @@ impl Room {
             return Err(ThreadError::Internal);
         };
         let mut out = Vec::new();
-        match d.session.apply_external(who, update, &mut out) {
+        let applied = d.session.apply_external(who, update, &mut out);
+        if applied.is_err() {
+            d.replica = None;
+        }
+        match applied {
             Ok(_) => Ok(self.carry_out(doc, out)),
             Err((CloseCode::Forbidden, rule)) => {
                 let participant = crate::events::EventParticipant {
@@ -468,17 +474,10 @@ impl Room {
         {
             return Err(ThreadError::Exists(format!("a message {id} exists")));
         }
-        let update = d
-            .session
-            .doc()
-            .mesh_append(
-                edit_client(),
-                "messages",
-                &[element],
-                &children_of,
-                &mut new_id,
-            )
-            .map_err(|e| ThreadError::Invalid(e.to_string()))?;
+        let update = edit_on_replica(d, |r| {
+            r.mesh_append("messages", &[element], &children_of, &mut new_id)
+        })
+        .map_err(|e| ThreadError::Invalid(e.to_string()))?;
         let written = self.apply_for(&path, who, &update)?;
         Ok((json!({ "id": id, "created_at": created_at }), written))
     }
@@ -492,21 +491,38 @@ impl Room {
         let path: Arc<str> = thread_path(args)?.into();
         let id = required(args, "id")?.to_string();
         let d = self.existing_thread(&path).await?;
-        let doc = d.session.doc();
-        let client = edit_client();
-        let made = match &edit {
-            Edit::Set(attrs) => doc.mesh_set(client, "messages", &id, attrs),
-            Edit::Remove => doc.mesh_remove(client, "messages", &id),
-        };
+        let made = edit_on_replica(d, |r| match &edit {
+            Edit::Set(attrs) => r.mesh_set("messages", &id, attrs),
+            Edit::Remove => r.mesh_remove("messages", &id),
+        });
         let update = made.map_err(|e| match e {
-            roomd_crdt::MeshError::NoElement(_) | roomd_crdt::MeshError::NoContainer(_) => {
+            MeshError::NoElement(_) | MeshError::NoContainer(_) => {
                 ThreadError::NotFound(format!("no message {id} in {path}"))
             }
-            roomd_crdt::MeshError::Invalid => ThreadError::Invalid(e.to_string()),
+            MeshError::Invalid => ThreadError::Invalid(e.to_string()),
         })?;
         let written = self.apply_for(&path, who, &update)?;
         Ok((json!({ "id": id }), written))
     }
+}
+
+/// The update `edit` makes on the document's replica, caught up first (or made on first use).
+/// A replica whose edit failed may hold part of it: it is dropped, as is one whose update the
+/// document then refuses ([`Room::apply_for`]).
+fn edit_on_replica(
+    d: &mut super::DocState,
+    edit: impl FnOnce(&mut Replica) -> Result<Vec<u8>, MeshError>,
+) -> Result<Vec<u8>, MeshError> {
+    let mut replica = match d.replica.take() {
+        Some(mut r) => {
+            r.catch_up(d.session.doc())?;
+            r
+        }
+        None => Replica::of(d.session.doc(), edit_client()).ok_or(MeshError::Invalid)?,
+    };
+    let update = edit(&mut replica)?;
+    d.replica = Some(replica);
+    Ok(update)
 }
 
 enum Edit {
