@@ -196,6 +196,37 @@ pub struct QueueInfo {
     pub size: usize,
 }
 
+/// A queue's counts, as [`Queues::stats`] shows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Its name.
+    pub name: String,
+    /// Its waiting items.
+    pub depth: usize,
+    /// Its leased items.
+    pub leased: usize,
+    /// Its dead items ([`Queues::dead`]).
+    pub dead: usize,
+    /// How long its oldest waiting item has waited, if one waits.
+    pub oldest_age_ms: Option<u64>,
+}
+
+/// Counts over every queue, as [`Queues::totals`] reads them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Queues, dead-letter queues included.
+    pub queues: usize,
+    /// Waiting items.
+    pub waiting: usize,
+    /// Leased items.
+    pub leased: usize,
+    /// Items held dead in their queue (those moved to a dead-letter queue count there as
+    /// waiting).
+    pub dead: usize,
+    /// When the oldest waiting item entered its queue, in ms since the epoch.
+    pub oldest_enqueued_ms: Option<u64>,
+}
+
 /// What happened to an item returned by [`Queues::nack`] or by an expired lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Returned {
@@ -241,6 +272,22 @@ impl Effects {
         if !self.ready.iter().any(|q| q == queue) {
             self.ready.push(queue.to_owned());
         }
+    }
+}
+
+impl Effects {
+    /// The queues whose stored state the records change (created, removed, or an item's
+    /// state), each named once, in the order first written.
+    pub fn queues_changed(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for record in &self.records {
+            if let Some(name) = record.queue() {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        names
     }
 }
 
@@ -346,6 +393,17 @@ impl Record {
         }
     }
 
+    /// The queue the record belongs to (`None` for the receipt counter).
+    pub fn queue(&self) -> Option<&str> {
+        match self {
+            Self::Put(Stored::Queue(meta)) => Some(&meta.name),
+            Self::Put(Stored::Item { queue, .. })
+            | Self::Delete(Key::Item { queue, .. })
+            | Self::Delete(Key::Queue(queue)) => Some(queue),
+            Self::Put(Stored::Receipts { .. }) | Self::Delete(Key::Receipts) => None,
+        }
+    }
+
     /// The value to write (JSON), or `None` to remove the key.
     #[allow(
         clippy::expect_used,
@@ -393,6 +451,9 @@ struct Queue {
     waiting: BTreeSet<u64>,
     /// Items completed since the queue was opened or restored (saturating; not persisted).
     done: u64,
+    /// How many of `items` are [`ItemState::Dead`], kept as they change so that the totals a
+    /// server reads after every mutation cost a step per queue, not per item.
+    dead: usize,
 }
 
 impl Queue {
@@ -522,7 +583,7 @@ impl Queues {
                     this.deadlines.insert((*until_ms, *receipt));
                     next_receipt = next_receipt.max(receipt.saturating_add(1));
                 }
-                ItemState::Dead => {}
+                ItemState::Dead => queue.dead += 1,
                 ItemState::Done => {
                     return Err(QueueError::Corrupt(format!(
                         "item {seq} of queue {name:?} is stored done"
@@ -645,6 +706,7 @@ impl Queues {
             effects.records.push(delete_item(queue, *seq));
         }
         q.waiting.clear();
+        q.dead = 0;
         Ok(Outcome {
             value: removed.len(),
             effects,
@@ -894,6 +956,54 @@ impl Queues {
         self.queues.get(queue).map(|q| q.done)
     }
 
+    /// Whether a queue of this name exists.
+    pub fn contains(&self, queue: &str) -> bool {
+        self.queues.contains_key(queue)
+    }
+
+    /// The queue whose item an outstanding lease holds.
+    pub fn lease_queue(&self, receipt: u64) -> Option<&str> {
+        self.leases.get(&receipt).map(|l| l.queue.as_str())
+    }
+
+    /// Each queue's counts, by name: what a server shows of a room's queues.
+    pub fn stats(&self, now_ms: u64) -> Vec<QueueStats> {
+        self.queues
+            .keys()
+            .map(|name| QueueStats {
+                name: name.clone(),
+                depth: self.depth(name).unwrap_or(0),
+                leased: self.leased(name).unwrap_or(0),
+                dead: self.dead(name).unwrap_or(0),
+                oldest_age_ms: self.oldest_waiting_age_ms(name, now_ms).flatten(),
+            })
+            .collect()
+    }
+
+    /// The counts over every queue, in a step per queue: what a server reads after each
+    /// mutation for its metrics.
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals {
+            queues: self.queues.len(),
+            ..Totals::default()
+        };
+        for q in self.queues.values() {
+            t.waiting += q.waiting.len();
+            t.dead += q.dead_count();
+            t.leased += q.items.len() - q.waiting.len() - q.dead_count();
+            let oldest = q
+                .waiting
+                .first()
+                .and_then(|seq| q.items.get(seq))
+                .map(|item| item.enqueued_ms);
+            t.oldest_enqueued_ms = match (t.oldest_enqueued_ms, oldest) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        t
+    }
+
     /// A queue's items as JSON, in FIFO order: `[{"seq", "state", "attempts", "enqueued_ms"}]`,
     /// `state` being [`ItemState::name`].
     pub fn document_view(&self, queue: &str) -> Option<serde_json::Value> {
@@ -1031,6 +1141,7 @@ impl Queues {
             if let Some(item) = q.items.get_mut(&seq) {
                 item.state = ItemState::Dead;
                 effects.records.push(put_item(queue, item));
+                q.dead += 1;
             }
             return Returned::HeldDead;
         }
@@ -1062,10 +1173,23 @@ impl Queues {
 
 impl Queue {
     fn dead_count(&self) -> usize {
-        self.items
+        self.dead
+    }
+
+    /// The kept counts agree with the items (what the property test checks after each step).
+    #[cfg(test)]
+    fn counts_agree(&self) -> bool {
+        let dead = self
+            .items
             .values()
             .filter(|item| item.state == ItemState::Dead)
-            .count()
+            .count();
+        let waiting = self
+            .items
+            .values()
+            .filter(|item| item.state == ItemState::Waiting)
+            .count();
+        dead == self.dead && waiting == self.waiting.len()
     }
 }
 
@@ -1504,6 +1628,55 @@ mod tests {
     }
 
     #[test]
+    fn totals_and_stats_count_every_state() {
+        let config = Config {
+            max_attempts: 1,
+            max_queues: 1,
+            ..Config::default()
+        };
+        let mut q = Queues::new(config);
+        assert_eq!(q.totals(), Totals::default());
+        for n in 0..4 {
+            q.send("jobs", json!(n), true, 10 + n).unwrap();
+        }
+        let a = lease(&mut q, "jobs", 100, 20);
+        let b = lease(&mut q, "jobs", 100, 20);
+        // No room for `jobs.dead`: the item is held dead.
+        assert_eq!(
+            q.nack(b.receipt.unwrap(), 21).unwrap().value,
+            Returned::HeldDead
+        );
+        assert_eq!(q.lease_queue(a.receipt.unwrap()), Some("jobs"));
+        assert_eq!(q.lease_queue(b.receipt.unwrap()), None);
+        assert_eq!(
+            q.totals(),
+            Totals {
+                queues: 1,
+                waiting: 2,
+                leased: 1,
+                dead: 1,
+                oldest_enqueued_ms: Some(12),
+            }
+        );
+        assert_eq!(
+            q.stats(30),
+            vec![QueueStats {
+                name: "jobs".into(),
+                depth: 2,
+                leased: 1,
+                dead: 1,
+                oldest_age_ms: Some(18),
+            }]
+        );
+        let drained = q.drain("jobs").unwrap();
+        assert_eq!(drained.effects.queues_changed(), vec!["jobs"]);
+        assert_eq!(q.totals().dead, 0);
+        assert_eq!(q.totals().oldest_enqueued_ms, None);
+        assert!(q.contains("jobs"));
+        assert!(!q.contains("jobs.dead"));
+    }
+
+    #[test]
     fn item_keys_sort_in_fifo_order_under_their_queue() {
         let key = |queue: &str, seq| {
             Key::Item {
@@ -1616,6 +1789,9 @@ mod tests {
                         log.extend(records);
                     }
                 }
+                prop_assert!(subject.queues.values().all(Queue::counts_agree));
+                prop_assert!(reference.queues.values().all(Queue::counts_agree));
+                prop_assert_eq!(subject.totals(), reference.totals());
                 prop_assert_eq!(subject.records(), reference.records());
                 let mut snapshot = BTreeMap::new();
                 store_of(&reference.records(), &mut snapshot);
