@@ -655,3 +655,20 @@ async fn hostile_arguments_are_answered_with_errors() {
     send(&mut c, "q0", json!({"still": "working"})).await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stock_python_sdk_sends_receives_lists_drains_and_closes() {
+    let server = TestServer::start().await;
+    let key = ApiKey::parse(&server.create_key("default").await).unwrap();
+    let producer = roomd_tests::agent_token(&key, "producer", ROOM, ApiScope::agent_default());
+    // The consumer may receive from any queue and send to none.
+    let receive_only = QueuesGrant {
+        send: Some(Vec::new()),
+        ..QueuesGrant::default()
+    };
+    let consumer = roomd_tests::agent_token(&key, "consumer", ROOM, scope_with(Some(receive_only)));
+    let base = format!("ws://{}", server.addr());
+    let out = roomd_tests::run_python("room_queues.py", &[&base, ROOM, &producer, &consumer]).await;
+    assert_eq!(out.trim(), "ok");
+    server.stop().await;
+}
