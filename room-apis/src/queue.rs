@@ -34,6 +34,9 @@ pub struct Config {
     pub max_items_per_queue: usize,
     /// The largest message, in bytes of its JSON text.
     pub max_message_bytes: usize,
+    /// The most bytes of messages (their JSON text) all the queues hold together: what bounds
+    /// the memory they take, whatever the counts allow.
+    pub max_total_bytes: usize,
     /// Deliveries after which a returned item is dead-lettered, for queues that do not set their
     /// own ([`QueueSettings::max_attempts`]). 0: items are never dead-lettered.
     pub max_attempts: u32,
@@ -48,6 +51,7 @@ impl Default for Config {
             max_queues: 1024,
             max_items_per_queue: 100_000,
             max_message_bytes: 1 << 20,
+            max_total_bytes: 256 << 20,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             dead_letter_suffix: ".dead".into(),
         }
@@ -95,6 +99,12 @@ pub enum QueueError {
         /// The length of the message's JSON text.
         bytes: usize,
         /// [`Config::max_message_bytes`].
+        max: usize,
+    },
+    /// The queues hold [`Config::max_total_bytes`] of messages already, or would with this one.
+    #[error("the queues hold at most {max} bytes of messages")]
+    TooManyBytes {
+        /// [`Config::max_total_bytes`].
         max: usize,
     },
     /// No outstanding lease has this receipt: it was never issued, or its item was acknowledged,
@@ -225,6 +235,8 @@ pub struct Totals {
     pub dead: usize,
     /// When the oldest waiting item entered its queue, in ms since the epoch.
     pub oldest_enqueued_ms: Option<u64>,
+    /// Bytes of the messages held (their JSON text).
+    pub bytes: usize,
 }
 
 /// What happened to an item returned by [`Queues::nack`] or by an expired lease.
@@ -429,6 +441,24 @@ impl Record {
     }
 }
 
+/// The length of a value's JSON text, counted without writing it anywhere.
+fn json_len(value: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 = self.0.saturating_add(buf.len());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // A `Value` always serializes (its map keys are strings), and counting never fails.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
 /// Checks a queue name: 1 to [`NAME_MAX_BYTES`] bytes, no control characters.
 pub fn validate_name(name: &str) -> Result<(), QueueError> {
     if name.is_empty() || name.len() > NAME_MAX_BYTES {
@@ -484,6 +514,8 @@ pub struct Queues {
     /// Outstanding leases by end, then receipt.
     deadlines: BTreeSet<(u64, u64)>,
     next_receipt: u64,
+    /// Bytes of the messages of every item held (their JSON text).
+    bytes: usize,
 }
 
 fn put_item(queue: &str, item: &Item) -> Record {
@@ -509,6 +541,7 @@ impl Queues {
             leases: BTreeMap::new(),
             deadlines: BTreeSet::new(),
             next_receipt: 1,
+            bytes: 0,
         }
     }
 
@@ -591,6 +624,7 @@ impl Queues {
                 }
             }
             queue.next_seq = queue.next_seq.max(seq.saturating_add(1));
+            this.bytes = this.bytes.saturating_add(json_len(&item.message));
             queue.items.insert(seq, item);
         }
         this.next_receipt = next_receipt.max(1);
@@ -680,6 +714,7 @@ impl Queues {
                 self.deadlines.remove(&(until_ms, receipt));
             }
             effects.records.push(delete_item(queue, item.seq));
+            self.bytes = self.bytes.saturating_sub(json_len(&item.message));
         }
         effects
             .records
@@ -701,12 +736,16 @@ impl Queues {
             .map(|item| item.seq)
             .collect();
         let mut effects = Effects::default();
+        let mut freed = 0usize;
         for seq in &removed {
-            q.items.remove(seq);
+            if let Some(item) = q.items.remove(seq) {
+                freed = freed.saturating_add(json_len(&item.message));
+            }
             effects.records.push(delete_item(queue, *seq));
         }
         q.waiting.clear();
         q.dead = 0;
+        self.bytes = self.bytes.saturating_sub(freed);
         Ok(Outcome {
             value: removed.len(),
             effects,
@@ -723,16 +762,16 @@ impl Queues {
         now_ms: u64,
     ) -> Result<Outcome<u64>, QueueError> {
         validate_name(queue)?;
-        let bytes = serde_json::to_vec(&message)
-            .map_err(|_| QueueError::MessageTooLarge {
-                bytes: usize::MAX,
-                max: self.config.max_message_bytes,
-            })?
-            .len();
+        let bytes = json_len(&message);
         if bytes > self.config.max_message_bytes {
             return Err(QueueError::MessageTooLarge {
                 bytes,
                 max: self.config.max_message_bytes,
+            });
+        }
+        if self.bytes.saturating_add(bytes) > self.config.max_total_bytes {
+            return Err(QueueError::TooManyBytes {
+                max: self.config.max_total_bytes,
             });
         }
         let mut effects = Effects::default();
@@ -792,6 +831,7 @@ impl Queues {
                 let Some(mut item) = q.items.remove(&seq) else {
                     return Err(QueueError::Corrupt(format!("item {seq} waits, not held")));
                 };
+                self.bytes = self.bytes.saturating_sub(json_len(&item.message));
                 item.attempts = item.attempts.saturating_add(1);
                 item.state = ItemState::Done;
                 q.done = q.done.saturating_add(1);
@@ -853,6 +893,7 @@ impl Queues {
         let Some(mut item) = q.items.remove(&lease.seq) else {
             return Err(QueueError::Corrupt(format!("receipt {receipt} of no item")));
         };
+        self.bytes = self.bytes.saturating_sub(json_len(&item.message));
         item.state = ItemState::Done;
         q.done = q.done.saturating_add(1);
         effects.records.push(delete_item(&lease.queue, lease.seq));
@@ -985,6 +1026,7 @@ impl Queues {
     pub fn totals(&self) -> Totals {
         let mut t = Totals {
             queues: self.queues.len(),
+            bytes: self.bytes,
             ..Totals::default()
         };
         for q in self.queues.values() {
@@ -1021,6 +1063,17 @@ impl Queues {
                 })
                 .collect(),
         ))
+    }
+
+    /// Bytes of every item's message, counted again (what the property test compares the kept
+    /// count with).
+    #[cfg(test)]
+    fn bytes_of_items(&self) -> usize {
+        self.queues
+            .values()
+            .flat_map(|q| q.items.values())
+            .map(|item| json_len(&item.message))
+            .sum()
     }
 
     fn queue_mut(&mut self, queue: &str) -> Result<&mut Queue, QueueError> {
@@ -1076,6 +1129,7 @@ impl Queues {
         };
         effects.records.push(q.meta(queue));
         effects.records.push(put_item(queue, &item));
+        self.bytes = self.bytes.saturating_add(json_len(&item.message));
         q.items.insert(seq, item);
         q.waiting.insert(seq);
         effects.ready(queue);
@@ -1148,6 +1202,7 @@ impl Queues {
         let Some(item) = q.items.remove(&seq) else {
             return Returned::Waiting;
         };
+        self.bytes = self.bytes.saturating_sub(json_len(&item.message));
         effects.records.push(delete_item(queue, seq));
         if !self.queues.contains_key(&target) {
             self.create(&target, effects);
@@ -1176,7 +1231,6 @@ impl Queue {
         self.dead
     }
 
-    /// The kept counts agree with the items (what the property test checks after each step).
     #[cfg(test)]
     fn counts_agree(&self) -> bool {
         let dead = self
@@ -1527,6 +1581,22 @@ mod tests {
         // A leased item still counts against the queue's bound.
         lease(&mut q, "a", 10, 0);
         assert!(q.send("a", json!(3), true, 0).is_err());
+        // So do the bytes of every message held, whatever the counts.
+        let mut q = Queues::new(Config {
+            max_total_bytes: 10,
+            ..Config::default()
+        });
+        q.send("a", json!("123456"), true, 0).unwrap();
+        assert_eq!(
+            q.send("b", json!("12"), true, 0).unwrap_err(),
+            QueueError::TooManyBytes { max: 10 }
+        );
+        assert!(!q.contains("b"));
+        q.send("b", json!(1), true, 0).unwrap();
+        assert_eq!(q.totals().bytes, 9);
+        q.receive("a", "w", None, 0).unwrap();
+        assert_eq!(q.totals().bytes, 1);
+        q.send("b", json!("1234567"), true, 0).unwrap();
     }
 
     #[test]
@@ -1656,6 +1726,7 @@ mod tests {
                 leased: 1,
                 dead: 1,
                 oldest_enqueued_ms: Some(12),
+                bytes: 4,
             }
         );
         assert_eq!(
@@ -1763,6 +1834,7 @@ mod tests {
                 max_queues: 3,
                 max_items_per_queue: 3,
                 max_message_bytes: 2,
+                max_total_bytes: 7,
                 max_attempts: 2,
                 ..Config::default()
             };
@@ -1790,6 +1862,7 @@ mod tests {
                     }
                 }
                 prop_assert!(subject.queues.values().all(Queue::counts_agree));
+                prop_assert_eq!(subject.bytes, subject.bytes_of_items());
                 prop_assert!(reference.queues.values().all(Queue::counts_agree));
                 prop_assert_eq!(subject.totals(), reference.totals());
                 prop_assert_eq!(subject.records(), reference.records());

@@ -409,6 +409,7 @@ mod tests {
             leased: 1,
             dead: 2,
             oldest_enqueued_ms: Some(crate::store::now_ms()),
+            bytes: 10,
         });
         let other = m.queues.register();
         other.set(&roomd_room_apis::queue::Totals {

@@ -31,6 +31,9 @@ pub const QUEUES_PER_ROOM_MAX: usize = 256;
 pub const ITEMS_PER_QUEUE_MAX: usize = 100_000;
 /// Bytes of a message's JSON text, at most.
 pub const MESSAGE_BYTES_MAX: usize = 256 << 10;
+/// Bytes of messages (their JSON text) one room's queues hold together, at most: what bounds
+/// their memory, whatever the counts allow.
+pub const QUEUE_BYTES_PER_ROOM_MAX: usize = 64 << 20;
 /// Deliveries after which a returned item is dead-lettered.
 pub const ATTEMPTS_DEFAULT: u32 = 5;
 /// Receivers one connection may have parked at once, at most.
@@ -46,6 +49,7 @@ pub const LEASE_DEFAULT_MS: u64 = 30_000;
 
 const _: () = assert!(WAITERS_PER_CONN_MAX <= WAITERS_PER_ROOM_MAX);
 const _: () = assert!(LEASE_DEFAULT_MS <= LEASE_MAX_MS);
+const _: () = assert!(MESSAGE_BYTES_MAX <= QUEUE_BYTES_PER_ROOM_MAX);
 
 /// The engine's bounds in a room.
 fn engine_config() -> Config {
@@ -53,6 +57,7 @@ fn engine_config() -> Config {
         max_queues: QUEUES_PER_ROOM_MAX,
         max_items_per_queue: ITEMS_PER_QUEUE_MAX,
         max_message_bytes: MESSAGE_BYTES_MAX,
+        max_total_bytes: QUEUE_BYTES_PER_ROOM_MAX,
         max_attempts: ATTEMPTS_DEFAULT,
         ..Config::default()
     }
@@ -206,6 +211,7 @@ fn refused(e: &QueueError) -> Content {
         QueueError::NoSuchQueue(_) | QueueError::UnknownReceipt(_) => ErrorCode::NotFound,
         QueueError::TooManyQueues { .. }
         | QueueError::QueueFull { .. }
+        | QueueError::TooManyBytes { .. }
         | QueueError::LeaseExpired(_) => ErrorCode::InvalidState,
         QueueError::Corrupt(_) => ErrorCode::OperationFailed,
     };
