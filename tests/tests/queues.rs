@@ -672,3 +672,49 @@ async fn the_stock_python_sdk_sends_receives_lists_drains_and_closes() {
     assert_eq!(out.trim(), "ok");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_outlive_the_room_unloading_and_go_with_its_deletion() {
+    let server = TestServer::start_with(|c| {
+        c.flush_interval = Duration::from_millis(2);
+        c.room_idle_timeout = Duration::from_millis(100);
+    })
+    .await;
+    let key = ApiKey::parse(&server.create_key("default").await).unwrap();
+    let admin = roomd_tests::agent_token(&key, "admin", ROOM, ApiScope::full());
+    let url = room_url(server.addr());
+    let mut c = RoomProtoClient::connect(&url, Some(&admin)).await;
+    for n in 0..3 {
+        send(&mut c, "jobs", json!({"n": n})).await;
+    }
+    let leased = lease(&mut c, "jobs", 60_000).await.unwrap();
+    drop(c);
+    // Unloaded, the room shows its queues as the store holds them.
+    let path = format!("/v1/rooms/{ROOM}");
+    let deadline = std::time::Instant::now() + roomd_tests::WAIT;
+    let room = loop {
+        let (status, room) = server.json("GET", &path, Some(&admin), None).await;
+        assert_eq!(status, 200, "{room}");
+        if room["active"] == false {
+            break room;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the room never unloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling the room's state
+    };
+    assert_eq!(room["queues"][0]["depth"], 2, "{room}");
+    assert_eq!(room["queues"][0]["leased"], 1, "{room}");
+    // Loaded again, the lease is still outstanding and settles.
+    let mut c = RoomProtoClient::connect(&url, Some(&admin)).await;
+    assert_eq!(sizes(&call(&mut c, "list", json!({})).await)["jobs"], 3);
+    assert_empty(&call(&mut c, "ack", json!({"receipt": leased["receipt"]})).await);
+    drop(c);
+    let (status, body) = server.json("DELETE", &path, Some(&admin), None).await;
+    assert_eq!(status, 200, "{body}");
+    let mut c = RoomProtoClient::connect(&url, Some(&admin)).await;
+    assert!(sizes(&call(&mut c, "list", json!({})).await).is_empty());
+    assert_eq!(lease(&mut c, "jobs", 1000).await, None);
+    server.stop().await;
+}
