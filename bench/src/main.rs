@@ -265,6 +265,7 @@ async fn queues(roomd: PathBuf, loads: [roomd_bench::queues::QueueLoad; 2]) -> a
         let token = compare::roomd_mint(&programs, &key, "bench").await?;
         let target = Target {
             token: Some(token),
+            room_protocol: true,
             ..server.target.clone()
         };
         let ours = roomd_bench::queues::roomd_queues(&target, load).await?;

@@ -180,3 +180,32 @@ async fn the_room_protocol_scenarios_run_against_roomd() {
     assert!(r.problems.is_empty(), "{:?}", r.problems);
     server.stop().await;
 }
+
+/// The work-queue load (producers sending, consumers leasing with a long poll and acknowledging)
+/// completes through roomd's `queues` toolkit with every item acknowledged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queues_load_runs_against_roomd() {
+    let programs = programs();
+    let data = tempfile::tempdir().unwrap();
+    let key = compare::roomd_key(&programs, data.path()).await.unwrap();
+    let server = ServerProcess::start(Kind::Roomd, &programs, data.path(), None)
+        .await
+        .unwrap();
+    let target = roomd_bench::target::Target {
+        token: Some(compare::roomd_mint(&programs, &key, "bench").await.unwrap()),
+        room_protocol: true,
+        ..server.target.clone()
+    };
+    let load = roomd_bench::queues::QueueLoad {
+        producers: 2,
+        consumers: 3,
+        items: 300,
+        window: 16,
+        rate: None,
+    };
+    let r = roomd_bench::queues::roomd_queues(&target, load)
+        .await
+        .unwrap();
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    server.stop().await;
+}

@@ -34,6 +34,9 @@ pub struct Config {
     pub max_items_per_queue: usize,
     /// The largest message, in bytes of its JSON text.
     pub max_message_bytes: usize,
+    /// The most bytes of messages (their JSON text) all the queues hold together: what bounds
+    /// the memory they take, whatever the counts allow.
+    pub max_total_bytes: usize,
     /// Deliveries after which a returned item is dead-lettered, for queues that do not set their
     /// own ([`QueueSettings::max_attempts`]). 0: items are never dead-lettered.
     pub max_attempts: u32,
@@ -48,6 +51,7 @@ impl Default for Config {
             max_queues: 1024,
             max_items_per_queue: 100_000,
             max_message_bytes: 1 << 20,
+            max_total_bytes: 256 << 20,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             dead_letter_suffix: ".dead".into(),
         }
@@ -95,6 +99,12 @@ pub enum QueueError {
         /// The length of the message's JSON text.
         bytes: usize,
         /// [`Config::max_message_bytes`].
+        max: usize,
+    },
+    /// The queues hold [`Config::max_total_bytes`] of messages already, or would with this one.
+    #[error("the queues hold at most {max} bytes of messages")]
+    TooManyBytes {
+        /// [`Config::max_total_bytes`].
         max: usize,
     },
     /// No outstanding lease has this receipt: it was never issued, or its item was acknowledged,
@@ -196,6 +206,39 @@ pub struct QueueInfo {
     pub size: usize,
 }
 
+/// A queue's counts, as [`Queues::stats`] shows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Its name.
+    pub name: String,
+    /// Its waiting items.
+    pub depth: usize,
+    /// Its leased items.
+    pub leased: usize,
+    /// Its dead items ([`Queues::dead`]).
+    pub dead: usize,
+    /// How long its oldest waiting item has waited, if one waits.
+    pub oldest_age_ms: Option<u64>,
+}
+
+/// Counts over every queue, as [`Queues::totals`] reads them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Queues, dead-letter queues included.
+    pub queues: usize,
+    /// Waiting items.
+    pub waiting: usize,
+    /// Leased items.
+    pub leased: usize,
+    /// Items held dead in their queue (those moved to a dead-letter queue count there as
+    /// waiting).
+    pub dead: usize,
+    /// When the oldest waiting item entered its queue, in ms since the epoch.
+    pub oldest_enqueued_ms: Option<u64>,
+    /// Bytes of the messages held (their JSON text).
+    pub bytes: usize,
+}
+
 /// What happened to an item returned by [`Queues::nack`] or by an expired lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Returned {
@@ -241,6 +284,22 @@ impl Effects {
         if !self.ready.iter().any(|q| q == queue) {
             self.ready.push(queue.to_owned());
         }
+    }
+}
+
+impl Effects {
+    /// The queues whose stored state the records change (created, removed, or an item's
+    /// state), each named once, in the order first written.
+    pub fn queues_changed(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for record in &self.records {
+            if let Some(name) = record.queue() {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        names
     }
 }
 
@@ -346,6 +405,17 @@ impl Record {
         }
     }
 
+    /// The queue the record belongs to (`None` for the receipt counter).
+    pub fn queue(&self) -> Option<&str> {
+        match self {
+            Self::Put(Stored::Queue(meta)) => Some(&meta.name),
+            Self::Put(Stored::Item { queue, .. })
+            | Self::Delete(Key::Item { queue, .. })
+            | Self::Delete(Key::Queue(queue)) => Some(queue),
+            Self::Put(Stored::Receipts { .. }) | Self::Delete(Key::Receipts) => None,
+        }
+    }
+
     /// The value to write (JSON), or `None` to remove the key.
     #[allow(
         clippy::expect_used,
@@ -371,6 +441,24 @@ impl Record {
     }
 }
 
+/// The length of a value's JSON text, counted without writing it anywhere.
+fn json_len(value: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 = self.0.saturating_add(buf.len());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // A `Value` always serializes (its map keys are strings), and counting never fails.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
 /// Checks a queue name: 1 to [`NAME_MAX_BYTES`] bytes, no control characters.
 pub fn validate_name(name: &str) -> Result<(), QueueError> {
     if name.is_empty() || name.len() > NAME_MAX_BYTES {
@@ -393,6 +481,9 @@ struct Queue {
     waiting: BTreeSet<u64>,
     /// Items completed since the queue was opened or restored (saturating; not persisted).
     done: u64,
+    /// How many of `items` are [`ItemState::Dead`], kept as they change so that the totals a
+    /// server reads after every mutation cost a step per queue, not per item.
+    dead: usize,
 }
 
 impl Queue {
@@ -423,6 +514,8 @@ pub struct Queues {
     /// Outstanding leases by end, then receipt.
     deadlines: BTreeSet<(u64, u64)>,
     next_receipt: u64,
+    /// Bytes of the messages of every item held (their JSON text).
+    bytes: usize,
 }
 
 fn put_item(queue: &str, item: &Item) -> Record {
@@ -448,6 +541,7 @@ impl Queues {
             leases: BTreeMap::new(),
             deadlines: BTreeSet::new(),
             next_receipt: 1,
+            bytes: 0,
         }
     }
 
@@ -522,7 +616,7 @@ impl Queues {
                     this.deadlines.insert((*until_ms, *receipt));
                     next_receipt = next_receipt.max(receipt.saturating_add(1));
                 }
-                ItemState::Dead => {}
+                ItemState::Dead => queue.dead += 1,
                 ItemState::Done => {
                     return Err(QueueError::Corrupt(format!(
                         "item {seq} of queue {name:?} is stored done"
@@ -530,6 +624,7 @@ impl Queues {
                 }
             }
             queue.next_seq = queue.next_seq.max(seq.saturating_add(1));
+            this.bytes = this.bytes.saturating_add(json_len(&item.message));
             queue.items.insert(seq, item);
         }
         this.next_receipt = next_receipt.max(1);
@@ -619,6 +714,7 @@ impl Queues {
                 self.deadlines.remove(&(until_ms, receipt));
             }
             effects.records.push(delete_item(queue, item.seq));
+            self.bytes = self.bytes.saturating_sub(json_len(&item.message));
         }
         effects
             .records
@@ -640,11 +736,16 @@ impl Queues {
             .map(|item| item.seq)
             .collect();
         let mut effects = Effects::default();
+        let mut freed = 0usize;
         for seq in &removed {
-            q.items.remove(seq);
+            if let Some(item) = q.items.remove(seq) {
+                freed = freed.saturating_add(json_len(&item.message));
+            }
             effects.records.push(delete_item(queue, *seq));
         }
         q.waiting.clear();
+        q.dead = 0;
+        self.bytes = self.bytes.saturating_sub(freed);
         Ok(Outcome {
             value: removed.len(),
             effects,
@@ -661,16 +762,16 @@ impl Queues {
         now_ms: u64,
     ) -> Result<Outcome<u64>, QueueError> {
         validate_name(queue)?;
-        let bytes = serde_json::to_vec(&message)
-            .map_err(|_| QueueError::MessageTooLarge {
-                bytes: usize::MAX,
-                max: self.config.max_message_bytes,
-            })?
-            .len();
+        let bytes = json_len(&message);
         if bytes > self.config.max_message_bytes {
             return Err(QueueError::MessageTooLarge {
                 bytes,
                 max: self.config.max_message_bytes,
+            });
+        }
+        if self.bytes.saturating_add(bytes) > self.config.max_total_bytes {
+            return Err(QueueError::TooManyBytes {
+                max: self.config.max_total_bytes,
             });
         }
         let mut effects = Effects::default();
@@ -730,6 +831,7 @@ impl Queues {
                 let Some(mut item) = q.items.remove(&seq) else {
                     return Err(QueueError::Corrupt(format!("item {seq} waits, not held")));
                 };
+                self.bytes = self.bytes.saturating_sub(json_len(&item.message));
                 item.attempts = item.attempts.saturating_add(1);
                 item.state = ItemState::Done;
                 q.done = q.done.saturating_add(1);
@@ -791,6 +893,7 @@ impl Queues {
         let Some(mut item) = q.items.remove(&lease.seq) else {
             return Err(QueueError::Corrupt(format!("receipt {receipt} of no item")));
         };
+        self.bytes = self.bytes.saturating_sub(json_len(&item.message));
         item.state = ItemState::Done;
         q.done = q.done.saturating_add(1);
         effects.records.push(delete_item(&lease.queue, lease.seq));
@@ -894,6 +997,55 @@ impl Queues {
         self.queues.get(queue).map(|q| q.done)
     }
 
+    /// Whether a queue of this name exists.
+    pub fn contains(&self, queue: &str) -> bool {
+        self.queues.contains_key(queue)
+    }
+
+    /// The queue whose item an outstanding lease holds.
+    pub fn lease_queue(&self, receipt: u64) -> Option<&str> {
+        self.leases.get(&receipt).map(|l| l.queue.as_str())
+    }
+
+    /// Each queue's counts, by name: what a server shows of a room's queues.
+    pub fn stats(&self, now_ms: u64) -> Vec<QueueStats> {
+        self.queues
+            .keys()
+            .map(|name| QueueStats {
+                name: name.clone(),
+                depth: self.depth(name).unwrap_or(0),
+                leased: self.leased(name).unwrap_or(0),
+                dead: self.dead(name).unwrap_or(0),
+                oldest_age_ms: self.oldest_waiting_age_ms(name, now_ms).flatten(),
+            })
+            .collect()
+    }
+
+    /// The counts over every queue, in a step per queue: what a server reads after each
+    /// mutation for its metrics.
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals {
+            queues: self.queues.len(),
+            bytes: self.bytes,
+            ..Totals::default()
+        };
+        for q in self.queues.values() {
+            t.waiting += q.waiting.len();
+            t.dead += q.dead_count();
+            t.leased += q.items.len() - q.waiting.len() - q.dead_count();
+            let oldest = q
+                .waiting
+                .first()
+                .and_then(|seq| q.items.get(seq))
+                .map(|item| item.enqueued_ms);
+            t.oldest_enqueued_ms = match (t.oldest_enqueued_ms, oldest) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        t
+    }
+
     /// A queue's items as JSON, in FIFO order: `[{"seq", "state", "attempts", "enqueued_ms"}]`,
     /// `state` being [`ItemState::name`].
     pub fn document_view(&self, queue: &str) -> Option<serde_json::Value> {
@@ -911,6 +1063,17 @@ impl Queues {
                 })
                 .collect(),
         ))
+    }
+
+    /// Bytes of every item's message, counted again (what the property test compares the kept
+    /// count with).
+    #[cfg(test)]
+    fn bytes_of_items(&self) -> usize {
+        self.queues
+            .values()
+            .flat_map(|q| q.items.values())
+            .map(|item| json_len(&item.message))
+            .sum()
     }
 
     fn queue_mut(&mut self, queue: &str) -> Result<&mut Queue, QueueError> {
@@ -966,6 +1129,7 @@ impl Queues {
         };
         effects.records.push(q.meta(queue));
         effects.records.push(put_item(queue, &item));
+        self.bytes = self.bytes.saturating_add(json_len(&item.message));
         q.items.insert(seq, item);
         q.waiting.insert(seq);
         effects.ready(queue);
@@ -1031,12 +1195,14 @@ impl Queues {
             if let Some(item) = q.items.get_mut(&seq) {
                 item.state = ItemState::Dead;
                 effects.records.push(put_item(queue, item));
+                q.dead += 1;
             }
             return Returned::HeldDead;
         }
         let Some(item) = q.items.remove(&seq) else {
             return Returned::Waiting;
         };
+        self.bytes = self.bytes.saturating_sub(json_len(&item.message));
         effects.records.push(delete_item(queue, seq));
         if !self.queues.contains_key(&target) {
             self.create(&target, effects);
@@ -1062,10 +1228,22 @@ impl Queues {
 
 impl Queue {
     fn dead_count(&self) -> usize {
-        self.items
+        self.dead
+    }
+
+    #[cfg(test)]
+    fn counts_agree(&self) -> bool {
+        let dead = self
+            .items
             .values()
             .filter(|item| item.state == ItemState::Dead)
-            .count()
+            .count();
+        let waiting = self
+            .items
+            .values()
+            .filter(|item| item.state == ItemState::Waiting)
+            .count();
+        dead == self.dead && waiting == self.waiting.len()
     }
 }
 
@@ -1403,6 +1581,22 @@ mod tests {
         // A leased item still counts against the queue's bound.
         lease(&mut q, "a", 10, 0);
         assert!(q.send("a", json!(3), true, 0).is_err());
+        // So do the bytes of every message held, whatever the counts.
+        let mut q = Queues::new(Config {
+            max_total_bytes: 10,
+            ..Config::default()
+        });
+        q.send("a", json!("123456"), true, 0).unwrap();
+        assert_eq!(
+            q.send("b", json!("12"), true, 0).unwrap_err(),
+            QueueError::TooManyBytes { max: 10 }
+        );
+        assert!(!q.contains("b"));
+        q.send("b", json!(1), true, 0).unwrap();
+        assert_eq!(q.totals().bytes, 9);
+        q.receive("a", "w", None, 0).unwrap();
+        assert_eq!(q.totals().bytes, 1);
+        q.send("b", json!("1234567"), true, 0).unwrap();
     }
 
     #[test]
@@ -1504,6 +1698,56 @@ mod tests {
     }
 
     #[test]
+    fn totals_and_stats_count_every_state() {
+        let config = Config {
+            max_attempts: 1,
+            max_queues: 1,
+            ..Config::default()
+        };
+        let mut q = Queues::new(config);
+        assert_eq!(q.totals(), Totals::default());
+        for n in 0..4 {
+            q.send("jobs", json!(n), true, 10 + n).unwrap();
+        }
+        let a = lease(&mut q, "jobs", 100, 20);
+        let b = lease(&mut q, "jobs", 100, 20);
+        // No room for `jobs.dead`: the item is held dead.
+        assert_eq!(
+            q.nack(b.receipt.unwrap(), 21).unwrap().value,
+            Returned::HeldDead
+        );
+        assert_eq!(q.lease_queue(a.receipt.unwrap()), Some("jobs"));
+        assert_eq!(q.lease_queue(b.receipt.unwrap()), None);
+        assert_eq!(
+            q.totals(),
+            Totals {
+                queues: 1,
+                waiting: 2,
+                leased: 1,
+                dead: 1,
+                oldest_enqueued_ms: Some(12),
+                bytes: 4,
+            }
+        );
+        assert_eq!(
+            q.stats(30),
+            vec![QueueStats {
+                name: "jobs".into(),
+                depth: 2,
+                leased: 1,
+                dead: 1,
+                oldest_age_ms: Some(18),
+            }]
+        );
+        let drained = q.drain("jobs").unwrap();
+        assert_eq!(drained.effects.queues_changed(), vec!["jobs"]);
+        assert_eq!(q.totals().dead, 0);
+        assert_eq!(q.totals().oldest_enqueued_ms, None);
+        assert!(q.contains("jobs"));
+        assert!(!q.contains("jobs.dead"));
+    }
+
+    #[test]
     fn item_keys_sort_in_fifo_order_under_their_queue() {
         let key = |queue: &str, seq| {
             Key::Item {
@@ -1590,6 +1834,7 @@ mod tests {
                 max_queues: 3,
                 max_items_per_queue: 3,
                 max_message_bytes: 2,
+                max_total_bytes: 7,
                 max_attempts: 2,
                 ..Config::default()
             };
@@ -1616,6 +1861,10 @@ mod tests {
                         log.extend(records);
                     }
                 }
+                prop_assert!(subject.queues.values().all(Queue::counts_agree));
+                prop_assert_eq!(subject.bytes, subject.bytes_of_items());
+                prop_assert!(reference.queues.values().all(Queue::counts_agree));
+                prop_assert_eq!(subject.totals(), reference.totals());
                 prop_assert_eq!(subject.records(), reference.records());
                 let mut snapshot = BTreeMap::new();
                 store_of(&reference.records(), &mut snapshot);

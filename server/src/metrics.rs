@@ -4,9 +4,12 @@
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use roomd_sync::CloseCode;
@@ -67,6 +70,121 @@ pub struct Metrics {
     pub update_apply_seconds: Histogram,
     /// Seconds a group commit (one flush of the store) took.
     pub flush_seconds: Histogram,
+    /// The work queues of the rooms loaded, as each room task last published them.
+    pub queues: QueueGauges,
+}
+
+/// One room's work queues, as its task last published them (after every mutation): atomics
+/// the room writes and the scrape reads, so no lock is shared with the room.
+#[derive(Debug)]
+pub struct RoomQueueGauge {
+    waiting: AtomicU64,
+    leased: AtomicU64,
+    dead: AtomicU64,
+    /// When the room's oldest waiting item entered its queue (ms since the epoch); `u64::MAX`
+    /// when none waits.
+    oldest_enqueued_ms: AtomicU64,
+}
+
+impl RoomQueueGauge {
+    /// Publishes the room's counts.
+    pub fn set(&self, totals: &roomd_room_apis::queue::Totals) {
+        let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+        self.waiting.store(n(totals.waiting), Ordering::Relaxed);
+        self.leased.store(n(totals.leased), Ordering::Relaxed);
+        self.dead.store(n(totals.dead), Ordering::Relaxed);
+        self.oldest_enqueued_ms.store(
+            totals.oldest_enqueued_ms.unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// The rooms whose queues are loaded, each with its [`RoomQueueGauge`]; a room's gauge goes
+/// when the room drops it. Rendered as sums over rooms, the deepest room's depth and the age of
+/// the oldest waiting item of any room: no label names a room.
+#[derive(Debug, Clone, Default)]
+pub struct QueueGauges(Arc<Mutex<Vec<Weak<RoomQueueGauge>>>>);
+
+impl QueueGauges {
+    /// A gauge for a room whose queues were just loaded.
+    pub fn register(&self) -> Arc<RoomQueueGauge> {
+        let gauge = Arc::new(RoomQueueGauge {
+            waiting: AtomicU64::new(0),
+            leased: AtomicU64::new(0),
+            dead: AtomicU64::new(0),
+            oldest_enqueued_ms: AtomicU64::new(u64::MAX),
+        });
+        let mut rooms = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        rooms.retain(|w| w.strong_count() > 0);
+        rooms.push(Arc::downgrade(&gauge));
+        gauge
+    }
+
+    /// Sums over the rooms: waiting, leased, dead, the deepest room's waiting items, and the
+    /// oldest waiting item's entry time.
+    fn read(&self) -> [u64; 5] {
+        let rooms = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out = [0, 0, 0, 0, u64::MAX];
+        for g in rooms.iter().filter_map(Weak::upgrade) {
+            let waiting = g.waiting.load(Ordering::Relaxed);
+            out[0] = out[0].saturating_add(waiting);
+            out[1] = out[1].saturating_add(g.leased.load(Ordering::Relaxed));
+            out[2] = out[2].saturating_add(g.dead.load(Ordering::Relaxed));
+            out[3] = out[3].max(waiting);
+            out[4] = out[4].min(g.oldest_enqueued_ms.load(Ordering::Relaxed));
+        }
+        out
+    }
+}
+
+impl Collector for QueueGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let [waiting, leased, dead, deepest, oldest] = self.read();
+        let age_s = match oldest {
+            u64::MAX => 0.0,
+            at => crate::store::now_ms().saturating_sub(at) as f64 / 1e3,
+        };
+        let to_f = |v: u64| v as f64;
+        for (name, help, value) in [
+            (
+                "roomd_queue_items_waiting",
+                "Work-queue items waiting to be received, over the rooms whose queues are loaded.",
+                to_f(waiting),
+            ),
+            (
+                "roomd_queue_items_leased",
+                "Work-queue items leased to a consumer and not yet acknowledged.",
+                to_f(leased),
+            ),
+            (
+                "roomd_queue_items_dead",
+                "Work-queue items held dead in their queue (their dead-letter queue could not take them).",
+                to_f(dead),
+            ),
+            (
+                "roomd_queue_room_depth_max",
+                "Waiting items of the room with the most waiting (the per-room depth, without naming the room).",
+                to_f(deepest),
+            ),
+            (
+                "roomd_queue_oldest_waiting_age_seconds",
+                "How long the oldest waiting work-queue item of any room has waited (0 when none waits).",
+                age_s,
+            ),
+        ] {
+            let gauge = ConstGauge::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
+        Ok(())
+    }
 }
 
 /// Reads the store's group-commit counters at each scrape.
@@ -200,6 +318,8 @@ impl Metrics {
             flush_seconds.clone(),
         );
         registry.register_collector(Box::new(StoreCollector(store.clone())));
+        let queues = QueueGauges::default();
+        registry.register_collector(Box::new(queues.clone()));
         let metrics = Metrics {
             registry,
             connections_open,
@@ -221,6 +341,7 @@ impl Metrics {
             events_written_total,
             update_apply_seconds,
             flush_seconds,
+            queues,
         };
         // Every close code is listed from the start, at zero, so that a dashboard sees each.
         for code in CloseCode::ALL {
@@ -281,6 +402,26 @@ mod tests {
         m.connections_open.inc();
         m.count_close(CloseCode::TooSlow);
         m.update_apply_seconds.observe(0.001);
+        let room = m.queues.register();
+        room.set(&roomd_room_apis::queue::Totals {
+            queues: 2,
+            waiting: 3,
+            leased: 1,
+            dead: 2,
+            oldest_enqueued_ms: Some(crate::store::now_ms()),
+            bytes: 10,
+        });
+        let other = m.queues.register();
+        other.set(&roomd_room_apis::queue::Totals {
+            waiting: 5,
+            ..Default::default()
+        });
+        let gone = m.queues.register();
+        gone.set(&roomd_room_apis::queue::Totals {
+            waiting: 100,
+            ..Default::default()
+        });
+        drop(gone);
         let text = m.render();
         for line in [
             "roomd_connections_open 1",
@@ -289,6 +430,10 @@ mod tests {
             &format!("roomd_store_writes_total {}", store.written()),
             &format!("roomd_store_durable_writes_total {}", store.durable()),
             "roomd_update_apply_seconds_count 1",
+            "roomd_queue_items_waiting 8.0",
+            "roomd_queue_items_leased 1.0",
+            "roomd_queue_items_dead 2.0",
+            "roomd_queue_room_depth_max 5.0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

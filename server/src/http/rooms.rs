@@ -50,35 +50,54 @@ fn unavailable() -> ApiError {
     ApiError::unavailable("the room is not available; try again")
 }
 
-/// What is said of a room in listings.
-async fn room_json(app: &Arc<App>, key: &RoomKey, created_ms: Option<u64>) -> serde_json::Value {
+/// What is said of a room in listings; with `queues`, the counts of its work queues too (from
+/// its task when it is active, from the store when not).
+async fn room_json(
+    app: &Arc<App>,
+    key: &RoomKey,
+    created_ms: Option<u64>,
+    queues: bool,
+) -> serde_json::Value {
     let store = app.ctx.store.clone();
     let k = key.clone();
     let docs = blocking(move || store.docs(&k)).await.unwrap_or_default();
     let bytes: u64 = docs.iter().map(|d| d.bytes).sum();
-    let session = if app.rooms.is_active(key) {
+    let info = if app.rooms.is_active(key) {
         app.rooms
-            .request_if_active(key, |reply| RestCmd::Info { reply })
+            .request_if_active(key, |reply| RestCmd::Info { queues, reply })
             .await
-            .map(|info| {
-                serde_json::json!({
-                    "id": info.session_id,
-                    "started": rfc3339(info.started_ms),
-                    "participants": info.participants,
-                    "connections": info.connections,
-                })
-            })
     } else {
         None
     };
-    serde_json::json!({
+    let session = info.as_ref().map(|info| {
+        serde_json::json!({
+            "id": info.session_id,
+            "started": rfc3339(info.started_ms),
+            "participants": info.participants,
+            "connections": info.connections,
+        })
+    });
+    let mut json = serde_json::json!({
         "name": key.name(),
         "active": session.is_some(),
         "session": session,
         "created": created_ms.map(rfc3339),
         "documents": docs.len(),
         "bytes": bytes,
-    })
+    });
+    if queues {
+        let stats = match info {
+            Some(info) => info.queues,
+            None => {
+                let (store, k) = (app.ctx.store.clone(), key.clone());
+                blocking(move || crate::room::stored_queue_stats(&store, &k))
+                    .await
+                    .unwrap_or_default()
+            }
+        };
+        json["queues"] = crate::room::queue_stats_json(&stats);
+    }
+    json
 }
 
 /// `GET /v1/rooms`: the project's rooms, active or not. Needs the project's API key or a token
@@ -98,7 +117,7 @@ pub async fn list_rooms(
         if req.caller.scope_in(key.name()).is_err() {
             continue;
         }
-        out.push(room_json(&app, &key, Some(record.created_ms)).await);
+        out.push(room_json(&app, &key, Some(record.created_ms), false).await);
     }
     Ok(Json(serde_json::json!({ "rooms": out })))
 }
@@ -119,7 +138,7 @@ pub async fn get_room(
         return Err(ApiError::not_found("no such room"));
     }
     Ok(Json(
-        room_json(&app, &key, record.map(|r| r.created_ms)).await,
+        room_json(&app, &key, record.map(|r| r.created_ms), true).await,
     ))
 }
 

@@ -3,9 +3,11 @@
 
 mod presence;
 mod proto;
+mod queues;
 mod rest;
 pub(crate) mod threads;
 
+pub use queues::{stats_json as queue_stats_json, stored_stats as stored_queue_stats};
 pub use rest::{DocFormat, DocRead, RestCmd, RestError};
 
 use std::collections::{HashMap, VecDeque};
@@ -147,6 +149,8 @@ pub struct Room {
     sockets: proto::Sockets,
     /// Threads changed since their indexes last showed them.
     threads: threads::ThreadIndex,
+    /// The room's work queues and the receivers parked on them.
+    queues: queues::RoomQueues,
 }
 
 impl std::fmt::Debug for Room {
@@ -189,6 +193,7 @@ impl Room {
             presence: presence::PendingPresence::default(),
             sockets: proto::Sockets::default(),
             threads: threads::ThreadIndex::default(),
+            queues: queues::RoomQueues::default(),
         }
     }
 
@@ -248,6 +253,13 @@ impl Room {
                     None => std::future::pending().await,
                 }
             };
+            let queue_due = self.next_queue_timer();
+            let queue_timer = async move {
+                match queue_due {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = self.ctx.shutdown.cancelled() => {
@@ -287,6 +299,7 @@ impl Room {
                 () = presence => self.publish_presence(),
                 () = index => self.flush_thread_index().await,
                 () = calls => self.expire_calls(),
+                () = queue_timer => self.queue_timer(),
                 changed = durable.changed(), if self.acks_owed() => {
                     if changed.is_ok() {
                         let seq = *durable.borrow_and_update();

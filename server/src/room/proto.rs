@@ -506,6 +506,7 @@ impl Room {
             }
         }
         self.host_gone(conn);
+        self.queue_conn_gone(conn);
         self.sockets.hosted.retain(|_, h| h.caller != conn);
         if socket.messaging {
             self.messaging_gone(&socket.participant);
@@ -615,6 +616,14 @@ impl Room {
             }
             ("developer", "logs") => self.developer_logs(conn, id, &tool_call_id, &arguments),
             ("threads", _) => self.threads_tool(conn, id, &tool, &arguments).await,
+            ("queues", _) => {
+                let Some(s) = self.sockets.sockets.get(&conn) else {
+                    return;
+                };
+                let (grant, consumer) = (s.scope.queues.clone(), s.participant.clone());
+                self.queues_tool(conn, id, &tool, &arguments, grant, consumer)
+                    .await
+            }
             _ if !BUILTIN_TOOLKITS.contains(&toolkit.as_str()) => {
                 let target = field("participant_id");
                 let on_behalf_of = field("on_behalf_of_id");
@@ -1094,6 +1103,16 @@ impl Room {
         self.owe(Owed::Ack(stream, n));
     }
 
+    /// Answers request `id` of `conn` with `content` once everything written so far is durable.
+    pub(super) fn answer_when_durable(&mut self, conn: ConnId, id: u64, content: Content) {
+        self.owe(Owed::Answer(conn, id, content));
+    }
+
+    /// Answers request `id` of `conn` now.
+    pub(super) fn respond_queue(&mut self, conn: ConnId, id: u64, content: Content) {
+        self.respond(conn, id, content);
+    }
+
     /// Sends `owed` once everything written so far is durable.
     fn owe(&mut self, owed: Owed) {
         self.sockets
@@ -1539,7 +1558,7 @@ impl Room {
 }
 
 /// The toolkits roomd serves itself; participants cannot register these names.
-const BUILTIN_TOOLKITS: &[&str] = &["sync", "messaging", "developer", "threads"];
+const BUILTIN_TOOLKITS: &[&str] = &["sync", "messaging", "developer", "threads", "queues"];
 
 /// A `room.invoke_tool` for a hosted toolkit.
 struct HostedCall<'a> {

@@ -65,6 +65,8 @@ pub struct RoomInfo {
     pub participants: usize,
     /// Connections open.
     pub connections: usize,
+    /// Its work queues' counts.
+    pub queues: Vec<roomd_room_apis::queue::QueueStats>,
 }
 
 /// A request for a room task.
@@ -72,6 +74,8 @@ pub struct RoomInfo {
 pub enum RestCmd {
     /// The current session.
     Info {
+        /// With the counts of the room's work queues (loading them if need be).
+        queues: bool,
         /// The answer.
         reply: oneshot::Sender<RoomInfo>,
     },
@@ -143,7 +147,12 @@ fn from_close(code: CloseCode, reason: String) -> RestError {
 impl Room {
     pub(super) async fn rest(&mut self, cmd: RestCmd) {
         match cmd {
-            RestCmd::Info { reply } => {
+            RestCmd::Info { queues, reply } => {
+                let queues = if queues {
+                    self.queue_stats().await
+                } else {
+                    Vec::new()
+                };
                 let _ = reply.send(RoomInfo {
                     session_id: self.session.id().to_string(),
                     started_ms: self.session.started_ms(),
@@ -154,6 +163,7 @@ impl Room {
                         .keys()
                         .filter(|c| !super::proto::is_stream(**c))
                         .count(),
+                    queues,
                 });
             }
             RestCmd::Participants { reply } => {
@@ -340,6 +350,7 @@ impl Room {
             }
             self.ctx.metrics.docs_loaded.dec();
         }
+        self.forget_queues();
         self.end_session();
         self.session.mark_deleted();
         let (store, key) = (self.ctx.store.clone(), self.key.clone());

@@ -6,6 +6,9 @@
 //! - document snapshot key `doc_key` → `[1] ++ covered_seq (u64 BE) ++ v1 update`
 //! - projects, keys, rooms, sessions and events → `[1] ++ JSON` of their record structs
 //!   (`records`), which are storage types of their own, never the core's.
+//! - a room's work queues (tree `queues`): key `room_key ++ Record::key()` (`queue/<name>`,
+//!   `item/<queue>\0<seq BE>`, `receipts`) → `[1] ++ JSON` of the queue engine's stored value
+//!   (`room_apis::queue::Stored`, a versioned storage type of the engine's own).
 //!
 //! Keys: a room is `project id (16 bytes) ++ u16 BE length ++ name`, a document is its room's key
 //! `++ u16 BE length ++ name`, so every document of a room shares the room's prefix and no key is a
@@ -25,6 +28,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub use records::{EventRecord, KeyRecord, ProjectRecord, SessionParticipant, SessionRecord};
+use roomd_room_apis::queue::Record as QueueRecord;
 
 const RECORD_V1: u8 = 1;
 /// The layout this code writes.
@@ -171,6 +175,7 @@ pub struct Store {
     pub(crate) rooms: sled::Tree,
     pub(crate) sessions: sled::Tree,
     pub(crate) events: sled::Tree,
+    queues: sled::Tree,
     /// Writes issued so far.
     written: Arc<AtomicU64>,
     /// Writes covered by a completed flush.
@@ -202,6 +207,7 @@ impl Store {
             rooms: db.open_tree("rooms")?,
             sessions: db.open_tree("sessions")?,
             events: db.open_tree("events")?,
+            queues: db.open_tree("queues")?,
             db,
             written: Arc::new(AtomicU64::new(0)),
             durable: Arc::new(AtomicU64::new(0)),
@@ -385,9 +391,72 @@ impl Store {
             .collect())
     }
 
-    /// Removes everything stored for `room`: documents, sessions, events and its record.
+    /// Everything stored of `room`'s work queues, as the records that wrote it, for
+    /// `Queues::restore`.
+    pub fn queue_records(&self, room: &RoomKey) -> Result<Vec<QueueRecord>, StoreError> {
+        let corrupt = || StoreError::Corrupt(format!("queues of {}", room.name()));
+        let mut records = Vec::new();
+        for item in self.queues.scan_prefix(room.bytes()) {
+            let (k, v) = item?;
+            let key = &k[room.bytes().len()..];
+            let json = match v.split_first() {
+                Some((&RECORD_V1, json)) => json,
+                _ => return Err(corrupt()),
+            };
+            records.push(QueueRecord::decode(key, json).map_err(|_| corrupt())?);
+        }
+        Ok(records)
+    }
+
+    /// Writes what a mutation of `room`'s work queues changed, in one atomic batch: an item that
+    /// moves between queues (dead-lettering) is never lost nor doubled by a crash. Durable after
+    /// the next flush.
+    pub fn write_queue_records(
+        &self,
+        room: &RoomKey,
+        records: &[QueueRecord],
+    ) -> Result<WriteSeq, StoreError> {
+        let key_of = |r: &QueueRecord| [room.bytes(), &r.key()].concat();
+        let value_of = |json: Vec<u8>| {
+            let mut v = Vec::with_capacity(1 + json.len());
+            v.push(RECORD_V1);
+            v.extend_from_slice(&json);
+            v
+        };
+        match records {
+            [] => return Ok(self.written()),
+            [one] => match one.encode() {
+                Some(json) => {
+                    self.queues.insert(key_of(one), value_of(json))?;
+                }
+                None => {
+                    self.queues.remove(key_of(one))?;
+                }
+            },
+            _ => {
+                let mut batch = sled::Batch::default();
+                for r in records {
+                    match r.encode() {
+                        Some(json) => batch.insert(key_of(r), value_of(json)),
+                        None => batch.remove(key_of(r)),
+                    }
+                }
+                self.queues.apply_batch(batch)?;
+            }
+        }
+        Ok(self.wrote())
+    }
+
+    /// Removes everything stored for `room`: documents, work queues, sessions, events and its
+    /// record.
     pub fn delete_room(&self, room: &RoomKey) -> Result<WriteSeq, StoreError> {
-        for tree in [&self.snapshots, &self.log, &self.sessions, &self.events] {
+        for tree in [
+            &self.snapshots,
+            &self.log,
+            &self.queues,
+            &self.sessions,
+            &self.events,
+        ] {
             for k in tree.scan_prefix(room.bytes()).keys() {
                 tree.remove(k?)?;
             }
@@ -522,6 +591,39 @@ mod tests {
         let seq = store.flush().unwrap();
         assert_eq!(store.durable(), store.written());
         assert_eq!(seq, store.written());
+    }
+
+    #[test]
+    fn queue_records_are_kept_per_room_and_go_with_it() {
+        use roomd_room_apis::queue::{Config, Queues};
+        let dir = tempdir();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let (room, other) = (RoomKey::new(P, "r"), RoomKey::new(P, "r2"));
+        let mut q = Queues::new(Config::default());
+        for n in 0..3 {
+            let sent = q.send("jobs", serde_json::json!(n), true, n).unwrap();
+            store
+                .write_queue_records(&room, &sent.effects.records)
+                .unwrap();
+        }
+        let got = q.receive("jobs", "w", Some(1000), 5).unwrap();
+        store
+            .write_queue_records(&room, &got.effects.records)
+            .unwrap();
+        let mut elsewhere = Queues::new(Config::default());
+        let sent = elsewhere
+            .send("elsewhere", serde_json::json!(0), true, 0)
+            .unwrap();
+        store
+            .write_queue_records(&other, &sent.effects.records)
+            .unwrap();
+        let records = store.queue_records(&room).unwrap();
+        let back = Queues::restore(Config::default(), records).unwrap();
+        assert_eq!(back.records(), q.records());
+        assert_eq!(back.next_deadline(), Some(1005));
+        store.delete_room(&room).unwrap();
+        assert!(store.queue_records(&room).unwrap().is_empty());
+        assert_eq!(store.queue_records(&other).unwrap().len(), 2);
     }
 
     #[test]
