@@ -878,14 +878,20 @@ pub fn roomd_bin() -> PathBuf {
 /// The example agent of `clients/rust` (`target/<profile>/examples/agent`, which `cargo test`
 /// builds, as does `cargo build -p roomd-client --examples`).
 pub fn example_agent_bin() -> PathBuf {
+    example_bin("agent")
+}
+
+/// The example `name` of `clients/rust` (`target/<profile>/examples/<name>`, which `cargo
+/// test` builds, as does `cargo build -p roomd-client --examples`).
+pub fn example_bin(name: &str) -> PathBuf {
     let dir = roomd_bin()
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let exe = dir.join("examples/agent");
+    let exe = dir.join("examples").join(name);
     assert!(
         exe.is_file(),
-        "the example agent is missing: run `cargo build -p roomd-client --examples` (scripts/test does it)"
+        "the example {name} is missing: run `cargo build -p roomd-client --examples` (scripts/test does it)"
     );
     exe
 }

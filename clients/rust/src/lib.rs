@@ -10,6 +10,8 @@
 //! - **Tools**: host a toolkit with typed handlers ([`RoomClient::host`]) and call other
 //!   participants' tools ([`RoomClient::invoke`], [`RoomClient::call`]).
 //! - **Developer logs** ([`RoomClient::log`], [`RoomClient::logs`]).
+//! - **Threads** ([`RoomClient::post_message`], [`RoomClient::open_thread`]) and **work
+//!   queues** ([`RoomClient::queue`]: send, receive, and leases acknowledged or handed back).
 //!
 //! The connection is made again with exponential backoff whenever it is lost: documents are
 //! opened again from their state vectors (the server sends only what the client lacks) and
@@ -38,6 +40,7 @@
 mod document;
 mod driver;
 mod error;
+mod queues;
 mod threads;
 mod tools;
 
@@ -53,6 +56,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
 pub use document::{Author, Change, Changes, DocEvent, Document, CHANGES_BUFFER};
 pub use error::{Error, Result};
+pub use queues::{Leased, Queue, QueueInfo, Returned};
 pub use roomd_sync::room_protocol::{Content, Control, ErrorCode};
 pub use threads::{Message, NewMessages, Page, Posted, Thread, ThreadEntry, NEW_MESSAGES_BUFFER};
 pub use tools::{Tool, ToolCall, ToolError, ToolStream, Toolkit};

@@ -128,6 +128,23 @@ impl RoomClient {
         Ok(serde_json::from_value(answer)?)
     }
 
+    /// Posts `text` to the thread at `path` as this participant under the message id `id`,
+    /// unless the thread holds a message `id` already (`None` then): posting again what may
+    /// have been posted before, as a worker redoing a job does, posts it once.
+    pub async fn post_message_once(
+        &self,
+        path: &str,
+        id: &str,
+        text: &str,
+    ) -> Result<Option<Posted>> {
+        let args = json!({ "path": path, "id": id, "text": text });
+        match self.threads_call("post", args).await {
+            Ok(answer) => Ok(Some(serde_json::from_value(answer)?)),
+            Err(e) if e.code() == Some(crate::ErrorCode::AlreadyExists) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Sets the text of message `id` (this participant's) of the thread at `path`.
     pub async fn edit_message(&self, path: &str, id: &str, text: &str) -> Result<()> {
         self.threads_call("edit", json!({ "path": path, "id": id, "text": text }))
