@@ -591,6 +591,7 @@ async fn hostile_arguments_are_answered_with_errors() {
         ("send", json!({"name": 7, "message": {}})),
         ("send", json!({"message": {}})),
         ("send", json!({"name": "a"})),
+        ("send", json!({"name": "a", "message": null})),
         ("send", json!({"name": "a", "create": "yes", "message": {}})),
         (
             "send",

@@ -375,10 +375,12 @@ impl Room {
             Tool::Send => {
                 let name = name_arg(args)?;
                 let create = bool_arg(args, "create", true)?;
+                // A null message would come back as a receive that found nothing.
                 let message = args
                     .get("message")
+                    .filter(|m| !m.is_null())
                     .cloned()
-                    .ok_or_else(|| invalid("send needs a message"))?;
+                    .ok_or_else(|| invalid("send needs a message, not null"))?;
                 let sent = self
                     .engine()?
                     .send(name, message, create, now)
