@@ -5,6 +5,7 @@
 
 mod limits;
 mod mesh;
+pub mod queue_doc;
 pub mod structure;
 #[cfg(feature = "trace")]
 pub mod trace;
