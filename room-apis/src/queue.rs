@@ -903,6 +903,46 @@ impl Queues {
         })
     }
 
+    /// Extends an outstanding lease that has not ended: it now ends `lease_ms` from `now_ms`
+    /// (sooner or later than it would have), under the same receipt. Answers when it ends.
+    pub fn extend(
+        &mut self,
+        receipt: u64,
+        lease_ms: u64,
+        now_ms: u64,
+    ) -> Result<Outcome<u64>, QueueError> {
+        let lease = self
+            .leases
+            .get_mut(&receipt)
+            .ok_or(QueueError::UnknownReceipt(receipt))?;
+        if lease.until_ms <= now_ms {
+            return Err(QueueError::LeaseExpired(receipt));
+        }
+        let until_ms = now_ms.saturating_add(lease_ms);
+        self.deadlines.remove(&(lease.until_ms, receipt));
+        self.deadlines.insert((until_ms, receipt));
+        lease.until_ms = until_ms;
+        let (queue, seq) = (lease.queue.clone(), lease.seq);
+        let Some(item) = self
+            .queues
+            .get_mut(&queue)
+            .and_then(|q| q.items.get_mut(&seq))
+        else {
+            return Err(QueueError::Corrupt(format!("receipt {receipt} of no item")));
+        };
+        if let ItemState::Leased { until_ms: u, .. } = &mut item.state {
+            *u = until_ms;
+        }
+        let record = put_item(&queue, item);
+        Ok(Outcome {
+            value: until_ms,
+            effects: Effects {
+                records: vec![record],
+                ready: Vec::new(),
+            },
+        })
+    }
+
     /// Returns a leased item to its queue, at its place in the FIFO order, or dead-letters it if
     /// it was delivered `max_attempts` times.
     pub fn nack(&mut self, receipt: u64, now_ms: u64) -> Result<Outcome<Returned>, QueueError> {
@@ -1364,6 +1404,33 @@ mod tests {
     }
 
     #[test]
+    fn an_extended_lease_ends_at_its_new_time_under_its_receipt() {
+        let mut q = Queues::new(Config::default());
+        q.send("jobs", json!(1), true, 0).unwrap();
+        let d = lease(&mut q, "jobs", 100, 0);
+        let r = d.receipt.unwrap();
+        let extended = q.extend(r, 500, 50).unwrap();
+        assert_eq!(extended.value, 550);
+        assert_eq!(q.next_deadline(), Some(550));
+        assert!(q.expire(549).value.is_empty());
+        assert_eq!(extended.effects.records.len(), 1);
+        assert!(matches!(
+            q.item("jobs", 0).unwrap().state,
+            ItemState::Leased { until_ms: 550, .. }
+        ));
+        assert_eq!(q.expire(550).value.len(), 1);
+        assert_eq!(
+            q.extend(r, 500, 600).unwrap_err(),
+            QueueError::UnknownReceipt(r)
+        );
+        let d = lease(&mut q, "jobs", 100, 600);
+        assert_eq!(
+            q.extend(d.receipt.unwrap(), 10, 700).unwrap_err(),
+            QueueError::LeaseExpired(d.receipt.unwrap())
+        );
+    }
+
+    #[test]
     fn receive_expires_lazily() {
         let mut q = Queues::new(Config::default());
         q.send("jobs", json!("a"), true, 0).unwrap();
@@ -1769,6 +1836,7 @@ mod tests {
         Receive(usize, Option<u64>),
         Ack(u64),
         Nack(u64),
+        Extend(u64, u64),
         Expire,
         Drain(usize),
         Close(usize),
@@ -1787,6 +1855,7 @@ mod tests {
             4 => (name.clone(), proptest::option::of(0u64..40)).prop_map(|(n, l)| Op::Receive(n, l)),
             2 => (0u64..16).prop_map(Op::Ack),
             2 => (0u64..16).prop_map(Op::Nack),
+            1 => (0u64..16, 0u64..40).prop_map(|(r, l)| Op::Extend(r, l)),
             1 => Just(Op::Expire),
             1 => name.clone().prop_map(Op::Drain),
             1 => name.clone().prop_map(Op::Close),
@@ -1813,6 +1882,7 @@ mod tests {
             Op::Receive(n, l) => out(q.receive(NAMES[*n], "w", *l, now)),
             Op::Ack(r) => out(q.ack(*r, now)),
             Op::Nack(r) => out(q.nack(*r, now)),
+            Op::Extend(r, l) => out(q.extend(*r, *l, now)),
             Op::Expire => out(Ok(q.expire(now))),
             Op::Drain(n) => out(q.drain(NAMES[*n])),
             Op::Close(n) => out(q.close(NAMES[*n])),

@@ -227,7 +227,8 @@ async fn consumers_dropped_mid_lease_lose_nothing() {
     for _ in 0..2 {
         let mut c = connect(&server).await;
         for _ in 0..25 {
-            let j = lease(&mut c, "jobs", 400).await.unwrap();
+            // Long enough that neither's leases end while the other leases.
+            let j = lease(&mut c, "jobs", 2_000).await.unwrap();
             abandoned.insert(j["message"]["n"].as_u64().unwrap());
         }
         drop(c);
@@ -264,13 +265,13 @@ async fn a_lease_that_ends_delivers_its_item_again() {
     let server = quick_server().await;
     let mut c = connect(&server).await;
     send(&mut c, "jobs", json!({"task": "resize"})).await;
-    let first = lease(&mut c, "jobs", 300).await.unwrap();
+    let first = lease(&mut c, "jobs", 2_000).await.unwrap();
     assert_eq!(first["queue"], "jobs");
     assert_eq!(first["seq"], 0);
     assert_eq!(first["attempts"], 1);
     assert_eq!(first["message"], json!({"task": "resize"}));
     // Leased: nobody else gets it meanwhile, and it still counts in the queue's size.
-    assert_eq!(lease(&mut c, "jobs", 300).await, None);
+    assert_eq!(lease(&mut c, "jobs", 2_000).await, None);
     assert_eq!(sizes(&call(&mut c, "list", json!({})).await)["jobs"], 1);
     let (status, room) = server
         .json("GET", &format!("/v1/rooms/{ROOM}"), None, None)
@@ -280,6 +281,12 @@ async fn a_lease_that_ends_delivers_its_item_again() {
         room["queues"],
         json!([{"name": "jobs", "depth": 0, "leased": 1, "dead": 0, "oldest_age_ms": null}])
     );
+    // Extended, the lease outlives its first end; shortened, it ends soon.
+    let extend = |ms: u64| json!({"receipt": first["receipt"], "lease_ms": ms});
+    let extended = call(&mut c, "extend", extend(60_000)).await;
+    assert!(json_of(&extended)["until_ms"].as_u64().unwrap() > 60_000);
+    let shortened = call(&mut c, "extend", extend(300)).await;
+    assert!(json_of(&shortened)["until_ms"].is_u64());
     // The lease ends on the room's timer and wakes the receiver waiting for it.
     let started = std::time::Instant::now();
     let a = call(
@@ -528,6 +535,10 @@ async fn grants_refuse_each_call_they_do_not_allow() {
         ("receive", json!({"name": "a", "wait": false})),
         ("ack", json!({"receipt": leased_a["receipt"]})),
         ("nack", json!({"receipt": leased_a["receipt"]})),
+        (
+            "extend",
+            json!({"receipt": leased_a["receipt"], "lease_ms": 10}),
+        ),
         ("drain", json!({"name": "a"})),
         ("close", json!({"name": "a"})),
     ] {
@@ -565,6 +576,8 @@ async fn grants_refuse_each_call_they_do_not_allow() {
         &call(&mut some, "nack", json!({"receipt": leased_a["receipt"]})).await,
         1001,
     );
+    let extend_a = json!({"receipt": leased_a["receipt"], "lease_ms": 10});
+    assert_error(&call(&mut some, "extend", extend_a).await, 1001);
     send(&mut admin, "b", json!(3)).await;
     let leased_b = lease(&mut some, "b", 30_000).await.unwrap();
     assert_eq!(leased_b["message"], 3);
@@ -591,6 +604,7 @@ async fn hostile_arguments_are_answered_with_errors() {
         ("send", json!({"name": 7, "message": {}})),
         ("send", json!({"message": {}})),
         ("send", json!({"name": "a"})),
+        ("send", json!({"name": "a", "message": null})),
         ("send", json!({"name": "a", "create": "yes", "message": {}})),
         (
             "send",
@@ -609,6 +623,8 @@ async fn hostile_arguments_are_answered_with_errors() {
         ("ack", json!({"receipt": "x"})),
         ("ack", json!({})),
         ("nack", json!({"receipt": -3})),
+        ("extend", json!({"receipt": 1})),
+        ("extend", json!({"receipt": 1, "lease_ms": 0})),
         ("open", json!({"name": null})),
     ] {
         assert_error(&call(&mut c, tool, args.clone()).await, 1002);

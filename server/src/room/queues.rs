@@ -173,6 +173,7 @@ enum Tool {
     Receive,
     Ack,
     Nack,
+    Extend,
     Drain,
     Close,
 }
@@ -186,6 +187,7 @@ impl Tool {
             "receive" => Tool::Receive,
             "ack" => Tool::Ack,
             "nack" => Tool::Nack,
+            "extend" => Tool::Extend,
             "drain" => Tool::Drain,
             "close" => Tool::Close,
             _ => return None,
@@ -375,10 +377,12 @@ impl Room {
             Tool::Send => {
                 let name = name_arg(args)?;
                 let create = bool_arg(args, "create", true)?;
+                // A null message would come back as a receive that found nothing.
                 let message = args
                     .get("message")
+                    .filter(|m| !m.is_null())
                     .cloned()
-                    .ok_or_else(|| invalid("send needs a message"))?;
+                    .ok_or_else(|| invalid("send needs a message, not null"))?;
                 let sent = self
                     .engine()?
                     .send(name, message, create, now)
@@ -387,8 +391,13 @@ impl Room {
                 Ok(self.answer_after(conn, id, Content::Empty, persisted))
             }
             Tool::Receive => self.queue_receive(conn, id, args, consumer, now),
-            Tool::Ack | Tool::Nack => {
+            Tool::Ack | Tool::Nack | Tool::Extend => {
                 let receipt = receipt_arg(args)?;
+                let lease_ms = match tool {
+                    Tool::Extend => ms_arg(args, "lease_ms", 1, LEASE_MAX_MS)?
+                        .ok_or_else(|| invalid("extend needs lease_ms"))?,
+                    _ => 0,
+                };
                 let engine = self.engine()?;
                 let Some(queue) = engine.lease_queue(receipt) else {
                     return Err(refused(&QueueError::UnknownReceipt(receipt)));
@@ -398,12 +407,22 @@ impl Room {
                         "the token's queues grant does not allow receive on queue {queue}"
                     )));
                 }
-                let (answer, effects) = if tool == Tool::Ack {
-                    let acked = engine.ack(receipt, now).map_err(|e| refused(&e))?;
-                    (Content::Empty, acked.effects)
-                } else {
-                    let nacked = engine.nack(receipt, now).map_err(|e| refused(&e))?;
-                    (Content::Json(returned_json(&nacked.value)), nacked.effects)
+                let (answer, effects) = match tool {
+                    Tool::Ack => {
+                        let acked = engine.ack(receipt, now).map_err(|e| refused(&e))?;
+                        (Content::Empty, acked.effects)
+                    }
+                    Tool::Nack => {
+                        let nacked = engine.nack(receipt, now).map_err(|e| refused(&e))?;
+                        (Content::Json(returned_json(&nacked.value)), nacked.effects)
+                    }
+                    _ => {
+                        let extended = engine
+                            .extend(receipt, lease_ms, now)
+                            .map_err(|e| refused(&e))?;
+                        let until = json!({ "until_ms": extended.value });
+                        (Content::Json(until), extended.effects)
+                    }
                 };
                 let persisted = self.queue_effects(effects);
                 Ok(self.answer_after(conn, id, answer, persisted))
