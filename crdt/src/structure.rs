@@ -113,6 +113,10 @@ pub struct Structure {
     spans: BTreeMap<(u64, u32), Span>,
     /// Each client's next clock.
     ends: HashMap<u64, u32>,
+    /// Ranges the document has deleted, by client: `[start, end)`, sorted and disjoint. A
+    /// deletion of what is deleted already changes nothing, and is not reported (a client's
+    /// sync step 2 carries its whole delete set).
+    deleted: HashMap<u64, Vec<(u32, u32)>>,
 }
 
 impl Structure {
@@ -165,12 +169,55 @@ impl Structure {
     /// that the index does not.
     pub fn record(&mut self, update: &[u8]) -> Result<(), String> {
         let scan = v1::scan(update)?;
-        let (structs, _) = v1::decode_structs(&scan)?;
+        let (structs, deleted) = v1::decode_structs(&scan)?;
         let changes = self.resolve(&structs, &[]);
         for item in changes.inserted {
             self.insert(item);
         }
+        for (client, clock, len) in deleted {
+            self.mark_deleted(client, clock, clock.saturating_add(len));
+        }
         Ok(())
+    }
+
+    /// Notes `[from, to)` of `client` deleted, merging it with the ranges it meets.
+    fn mark_deleted(&mut self, client: u64, from: u32, to: u32) {
+        if from >= to {
+            return;
+        }
+        let ranges = self.deleted.entry(client).or_default();
+        // The first range ending at or after `from`, and the first starting after `to`.
+        let first = ranges.partition_point(|&(_, end)| end < from);
+        let last = ranges.partition_point(|&(start, _)| start <= to);
+        let (mut start, mut end) = (from, to);
+        if first < last {
+            start = start.min(ranges[first].0);
+            end = end.max(ranges[last - 1].1);
+        }
+        ranges.splice(first..last, [(start, end)]);
+    }
+
+    /// The parts of `[from, to)` of `client` not deleted already.
+    fn not_deleted(&self, client: u64, from: u32, to: u32) -> Vec<(u32, u32)> {
+        let Some(ranges) = self.deleted.get(&client) else {
+            return vec![(from, to)];
+        };
+        let mut out = Vec::new();
+        let mut at = from;
+        let first = ranges.partition_point(|&(_, end)| end <= from);
+        for &(start, end) in &ranges[first..] {
+            if start >= to {
+                break;
+            }
+            if start > at {
+                out.push((at, start));
+            }
+            at = at.max(end);
+        }
+        if at < to {
+            out.push((at, to));
+        }
+        out
     }
 
     fn insert(&mut self, item: Inserted) {
@@ -308,7 +355,15 @@ impl Structure {
         let mut mine: Vec<usize> = (0..changes.inserted.len()).collect();
         mine.sort_unstable_by_key(|&i| (changes.inserted[i].client, changes.inserted[i].clock));
         let mut own = Vec::new();
-        for &(client, clock, len) in deleted {
+        let fresh: Vec<(u64, u32, u32)> = deleted
+            .iter()
+            .flat_map(|&(client, clock, len)| {
+                self.not_deleted(client, clock, clock.saturating_add(len))
+                    .into_iter()
+                    .map(move |(from, to)| (client, from, to - from))
+            })
+            .collect();
+        for &(client, clock, len) in &fresh {
             let end = clock.saturating_add(len);
             let mut at = clock;
             // Ranges of the document first, then the update's own items.
@@ -384,6 +439,45 @@ mod tests {
             BranchID::Nested(id) => (id.client.get(), id.clock),
             BranchID::Root(_) => unreachable!(),
         }
+    }
+
+    #[test]
+    fn a_deletion_already_made_is_no_change() {
+        let server = doc(1);
+        let xml = server.get_or_insert_xml_fragment("xml");
+        let mut index = Structure::new();
+        let made = change(&server, |txn| {
+            let e = xml.push_back(txn, XmlElementPrelim::empty("a"));
+            e.insert_attribute(txn, "k", "1");
+            xml.push_back(txn, XmlElementPrelim::empty("b"));
+        });
+        index.record(&made).unwrap();
+        let overwrite = change(&server, |txn| {
+            if let Some(yrs::XmlOut::Element(e)) = xml.get(txn, 0) {
+                e.insert_attribute(txn, "k", "2");
+            }
+        });
+        let c = index.changes(&overwrite).unwrap();
+        assert_eq!(c.deleted.len(), 1, "the old value goes");
+        index.record(&overwrite).unwrap();
+        // A client's sync step 2: what the server lacks (nothing) and the whole delete set.
+        let client = doc(2);
+        let full = server
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        client
+            .transact_mut()
+            .apply_update(Update::decode_v1(&full).unwrap())
+            .unwrap();
+        let sv = server.transact().state_vector();
+        let step2 = client.transact().encode_state_as_update_v1(&sv);
+        let c = index.changes(&step2).unwrap();
+        assert!(c.deleted.is_empty(), "{:?}", c.deleted);
+        // A new deletion next to the old one is still seen, and only it.
+        let removal = change(&server, |txn| xml.remove_range(txn, 1, 1));
+        let c = index.changes(&removal).unwrap();
+        assert_eq!(c.deleted.len(), 1, "{:?}", c.deleted);
+        assert_eq!(c.deleted[0].kind, Kind::Element("b".into()));
     }
 
     /// Makes a change on `doc` and returns its update.
