@@ -583,12 +583,13 @@ impl Room {
     async fn invoke_tool(&mut self, conn: ConnId, id: u64, p: Payload) {
         let h = &p.header;
         let field = |k: &str| h.get(k).and_then(Value::as_str).map(str::to_owned);
-        let (Some(toolkit), Some(tool), Some(tool_call_id)) =
-            (field("toolkit"), field("tool"), field("tool_call_id"))
-        else {
-            let text = "room.invoke_tool needs toolkit, tool and tool_call_id";
+        let (Some(toolkit), Some(tool)) = (field("toolkit"), field("tool")) else {
+            let text = "room.invoke_tool needs toolkit and tool";
             return self.respond(conn, id, Content::error(ErrorCode::InvalidRequest, text));
         };
+        // The TypeScript SDK sends none with a call whose input is not a stream: the call's
+        // chunks, if it streams its answer, and a hosting participant, get one of the room's.
+        let tool_call_id = field("tool_call_id").unwrap_or_else(|| format!("{}.{id}", conn.0));
         let arguments = match h.get("arguments") {
             Some(Value::Object(a)) => Content::from_parts(a, p.trailer.clone()),
             _ => Ok(Content::Empty),
