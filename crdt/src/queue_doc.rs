@@ -53,8 +53,18 @@ pub struct ItemView {
 pub enum QueueChange {
     /// The item is new, or its state changed.
     Item(ItemView),
-    /// The item is gone (drained, closed, or moved to another queue).
+    /// The item the document shows finished: `done`, or `dead` (moved to the dead-letter
+    /// queue). Nothing when it does not show the item.
+    Finished {
+        /// The item.
+        seq: u64,
+        /// `done` or `dead`.
+        state: &'static str,
+    },
+    /// The item is gone (drained, or the queue closed).
     Removed(u64),
+    /// Every item is gone (the queue was closed).
+    Cleared,
     /// The send became the item `seq`.
     Taken {
         /// The send ([`PendingSend::key`]).
@@ -231,11 +241,28 @@ impl QueueDoc {
             for change in changes {
                 match change {
                     QueueChange::Item(item) => self.write_item(&mut txn, item),
+                    QueueChange::Finished { seq, state } => {
+                        if let Some(e) = self.by_seq.get(seq).cloned() {
+                            if attr(&txn, &e, "state").as_deref() != Some(state) {
+                                e.insert_attribute(&mut txn, "state", state.to_string());
+                            }
+                            if attr(&txn, &e, "consumer").is_some() {
+                                e.remove_attribute(&mut txn, &"consumer");
+                            }
+                            if !self.finished.contains(seq) {
+                                self.finished.push_back(*seq);
+                            }
+                        }
+                    }
                     QueueChange::Removed(seq) => {
                         if let Some(e) = self.by_seq.remove(seq) {
                             self.finished.retain(|s| s != seq);
                             gone.push(e);
                         }
+                    }
+                    QueueChange::Cleared => {
+                        self.finished.clear();
+                        gone.extend(self.by_seq.drain().map(|(_, e)| e));
                     }
                     QueueChange::Taken { send, seq } => {
                         self.take(&mut txn, send, &seq.to_string());
@@ -316,6 +343,16 @@ impl QueueDoc {
         self.by_seq.len()
     }
 
+    /// The sequence numbers of the items the document shows, unordered.
+    pub fn shown(&self) -> impl Iterator<Item = u64> + '_ {
+        self.by_seq.keys().copied()
+    }
+
+    /// Whether the document shows item `seq` finished (`done` or `dead`).
+    pub fn is_finished(&self, seq: u64) -> bool {
+        self.finished.contains(&seq)
+    }
+
     /// Whether the document shows no item.
     pub fn is_empty(&self) -> bool {
         self.by_seq.is_empty()
@@ -340,8 +377,16 @@ fn remove_all(txn: &mut TransactionMut, parent: &XmlElementRef, gone: Vec<XmlEle
             }
         }
     }
-    for i in at.into_iter().rev() {
-        parent.remove_range(txn, i, 1);
+    // Consecutive elements go in one range, from the back, so that the indices ahead stay.
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for i in at {
+        match runs.last_mut() {
+            Some((start, len)) if *start + *len == i => *len += 1,
+            _ => runs.push((i, 1)),
+        }
+    }
+    for (start, len) in runs.into_iter().rev() {
+        parent.remove_range(txn, start, len);
     }
 }
 
@@ -475,7 +520,11 @@ mod tests {
                 pair("state", "leased"),
             ]
         );
-        view.apply(&mut server, &[item(1, "done", 1)]).unwrap();
+        let done = QueueChange::Finished {
+            seq: 1,
+            state: "done",
+        };
+        view.apply(&mut server, &[done]).unwrap();
         assert!(!shown(&client_of(&server, 52), ITEMS)[0].contains(&pair("consumer", "worker")));
 
         // A refused send says why.
@@ -543,5 +592,8 @@ mod tests {
         assert!(view.pending_sends(&again).is_empty());
         view.apply(&mut again, &[item(5, "done", 1)]);
         assert_eq!(seqs(&again), ["4", "5"]);
+        view.apply(&mut again, &[QueueChange::Cleared]);
+        assert!(seqs(&again).is_empty());
+        assert!(view.is_empty());
     }
 }

@@ -183,6 +183,11 @@ pub struct Item {
     pub state: ItemState,
     /// For an item of a dead-letter queue, where it came from.
     pub origin: Option<Origin>,
+    /// For an item a client appended to the queue's document, the send it was (its Yjs item
+    /// id), so that the send is taken once, whatever happens between taking it and the
+    /// document showing it taken ([`Queues::send_from`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send: Option<String>,
 }
 
 /// A received item.
@@ -277,6 +282,9 @@ pub struct Effects {
     /// Queues in which an item became available to receive, each named once: receivers waiting
     /// on them are to try again (another receiver may have taken the item by then).
     pub ready: Vec<String>,
+    /// Queues [`Queues::drain`] emptied: their items the records delete were removed, not
+    /// completed.
+    pub drained: Vec<String>,
 }
 
 impl Effects {
@@ -688,7 +696,7 @@ impl Queues {
         let record = q.meta(queue);
         Ok(Effects {
             records: vec![record],
-            ready: Vec::new(),
+            ..Effects::default()
         })
     }
 
@@ -746,6 +754,7 @@ impl Queues {
         q.waiting.clear();
         q.dead = 0;
         self.bytes = self.bytes.saturating_sub(freed);
+        effects.drained.push(queue.to_owned());
         Ok(Outcome {
             value: removed.len(),
             effects,
@@ -760,6 +769,49 @@ impl Queues {
         message: serde_json::Value,
         create: bool,
         now_ms: u64,
+    ) -> Result<Outcome<u64>, QueueError> {
+        self.send_as(queue, message, create, now_ms, None)
+    }
+
+    /// [`Queues::send`] of the send `send` that a client appended to the queue's document: the
+    /// item remembers it, for [`Queues::find_send`].
+    pub fn send_from(
+        &mut self,
+        queue: &str,
+        message: serde_json::Value,
+        create: bool,
+        now_ms: u64,
+        send: &str,
+    ) -> Result<Outcome<u64>, QueueError> {
+        self.send_as(queue, message, create, now_ms, Some(send.to_owned()))
+    }
+
+    /// The item a queue holds that was the send `send` ([`Queues::send_from`]). It walks the
+    /// queue's items: for the few sends found not taken when a document is loaded.
+    pub fn find_send(&self, queue: &str, send: &str) -> Option<u64> {
+        self.queues
+            .get(queue)?
+            .items
+            .values()
+            .find(|item| item.send.as_deref() == Some(send))
+            .map(|item| item.seq)
+    }
+
+    /// A queue's items (waiting, leased and held dead), in FIFO order.
+    pub fn items(&self, queue: &str) -> impl Iterator<Item = &Item> {
+        self.queues
+            .get(queue)
+            .into_iter()
+            .flat_map(|q| q.items.values())
+    }
+
+    fn send_as(
+        &mut self,
+        queue: &str,
+        message: serde_json::Value,
+        create: bool,
+        now_ms: u64,
+        send: Option<String>,
     ) -> Result<Outcome<u64>, QueueError> {
         validate_name(queue)?;
         let bytes = json_len(&message);
@@ -796,6 +848,16 @@ impl Queues {
             }
         }
         let seq = self.push_waiting(queue, message, 0, None, now_ms, &mut effects);
+        if send.is_some() {
+            if let Some(item) = self
+                .queues
+                .get_mut(queue)
+                .and_then(|q| q.items.get_mut(&seq))
+            {
+                item.send = send;
+                effects.records.push(put_item(queue, item));
+            }
+        }
         Ok(Outcome {
             value: seq,
             effects,
@@ -938,7 +1000,7 @@ impl Queues {
             value: until_ms,
             effects: Effects {
                 records: vec![record],
-                ready: Vec::new(),
+                ..Effects::default()
             },
         })
     }
@@ -1166,6 +1228,7 @@ impl Queues {
             attempts,
             state: ItemState::Waiting,
             origin,
+            send: None,
         };
         effects.records.push(q.meta(queue));
         effects.records.push(put_item(queue, &item));
@@ -1756,6 +1819,7 @@ mod tests {
                 attempts: 0,
                 state: ItemState::Waiting,
                 origin: None,
+                send: None,
             },
         });
         assert!(matches!(
@@ -1827,6 +1891,32 @@ mod tests {
         assert!(key("a", u64::MAX) < key("a/b", 0));
         assert!(key("a", 1).starts_with(b"item/a\0"));
         assert!(!key("a/b", 1).starts_with(b"item/a\0"));
+    }
+
+    #[test]
+    fn a_documents_send_is_found_again_after_a_restore() {
+        let mut q = Queues::new(Config::default());
+        let mut records = Vec::new();
+        let sent = q
+            .send_from("jobs", json!({"n": 1}), true, 10, "7:3")
+            .unwrap();
+        records.extend(sent.effects.records);
+        records.extend(
+            q.send("jobs", json!({"n": 2}), false, 11)
+                .unwrap()
+                .effects
+                .records,
+        );
+        assert_eq!(q.find_send("jobs", "7:3"), Some(sent.value));
+        assert_eq!(q.find_send("jobs", "7:4"), None);
+        let again = Queues::restore(Config::default(), records).unwrap();
+        assert_eq!(again.find_send("jobs", "7:3"), Some(sent.value));
+        let shown: Vec<u64> = again.items("jobs").map(|i| i.seq).collect();
+        assert_eq!(shown, [0, 1]);
+        let drained = q.drain("jobs").unwrap();
+        assert_eq!(drained.effects.drained, ["jobs"]);
+        assert_eq!(q.items("jobs").count(), 0);
+        assert!(q.items("nowhere").next().is_none());
     }
 
     #[derive(Debug, Clone)]

@@ -1168,3 +1168,78 @@ pub fn agent_token(
 ) -> String {
     roomd_room_apis::mint(&agent_claims(key, name, room, api), &key.secret).unwrap()
 }
+
+/// A server with an API key of project `default`, and the key.
+pub async fn server_with_key() -> (TestServer, roomd_room_apis::ApiKey) {
+    let server = TestServer::start().await;
+    let key = roomd_room_apis::ApiKey::parse(&server.create_key("default").await).unwrap();
+    (server, key)
+}
+
+/// A Rust client of `room` at `base` with `token`, reconnecting quickly, connected.
+pub async fn rust_client(base: &str, room: &str, token: String) -> roomd_client::RoomClient {
+    let mut config = roomd_client::Config::new(base, room, Some(token));
+    config.backoff_initial = Duration::from_millis(20);
+    config.backoff_max = Duration::from_millis(200);
+    tokio::time::timeout(WAIT, roomd_client::RoomClient::connect(config))
+        .await
+        .expect("connecting timed out")
+        .expect("connecting")
+}
+
+/// A `roomd` process over a data directory of its own, with an API key of project `default`:
+/// what a test kills (`kill -9`) and starts again over the same data.
+pub struct KillableServer {
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+    /// The project's API key.
+    pub key: roomd_room_apis::ApiKey,
+    port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+impl std::fmt::Debug for KillableServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KillableServer")
+            .field("data", &self.data)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KillableServer {
+    /// Creates the data directory and its key, and starts the server.
+    pub async fn start() -> KillableServer {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let secret = roomd_command(&data, &["key", "create", "--project", "default"]);
+        let key = roomd_room_apis::ApiKey::parse(secret.trim()).unwrap();
+        let port = free_port();
+        let child = spawn_roomd(&data, port, &[]).await;
+        KillableServer {
+            _dir: dir,
+            data,
+            key,
+            port,
+            child: Some(child),
+        }
+    }
+
+    /// Its WebSocket base URL, `ws://127.0.0.1:PORT`.
+    pub fn base(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the process (SIGKILL) and waits for it to be gone.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
+    }
+
+    /// Starts the process again over the same data and port.
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.child = Some(spawn_roomd(&self.data, self.port, &[]).await);
+    }
+}

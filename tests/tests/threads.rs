@@ -433,13 +433,8 @@ fn session_of(c: &roomd_client::RoomClient) -> String {
 /// refused then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rust_client_follows_a_thread_and_posts_to_it_offline() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let secret = roomd_tests::roomd_command(&data, &["key", "create", "--project", "default"]);
-    let key = ApiKey::parse(secret.trim()).unwrap();
-    let port = roomd_tests::free_port();
-    let base = format!("ws://127.0.0.1:{port}");
-    let mut child = roomd_tests::spawn_roomd(&data, port, &[]).await;
+    let mut server = roomd_tests::KillableServer::start().await;
+    let (base, key) = (server.base(), server.key.clone());
     let a = rust_client(&base, &token(&key, "alice")).await;
     let b = rust_client(&base, &token(&key, "bob")).await;
     assert_eq!(a.name(), "alice");
@@ -469,7 +464,7 @@ async fn the_rust_client_follows_a_thread_and_posts_to_it_offline() {
 
     // The server goes away; alice posts in her copy, bob forges a post as alice in his.
     let (sa, sb) = (session_of(&a), session_of(&b));
-    child.kill().await.unwrap();
+    server.kill().await;
     let mut status = a.status();
     tokio::time::timeout(
         roomd_tests::WAIT,
@@ -488,7 +483,7 @@ async fn the_rust_client_follows_a_thread_and_posts_to_it_offline() {
         };
         post(&mut txn, &list, "alice", "forged offline");
     }
-    child = roomd_tests::spawn_roomd(&data, port, &[]).await;
+    server.restart().await;
     until_session_changes(&a, &sa).await;
     until_session_changes(&b, &sb).await;
     tokio::time::timeout(roomd_tests::WAIT, ta.document().durable())
@@ -534,7 +529,7 @@ async fn the_rust_client_follows_a_thread_and_posts_to_it_offline() {
     );
     a.close().await;
     b.close().await;
-    child.kill().await.unwrap();
+    server.kill().await;
 }
 
 /// A stock y-websocket editor (the real `yjs` and `y-websocket`) on a thread: a message posted

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use roomd_client::{Config, RoomClient};
-use roomd_room_apis::{ApiKey, ApiScope};
-use roomd_tests::{TestServer, WAIT};
+use roomd_client::RoomClient;
+use roomd_room_apis::ApiScope;
+use roomd_tests::WAIT;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
@@ -73,12 +73,7 @@ impl Worker {
 }
 
 async fn client(base: &str, room: &str, token: String) -> RoomClient {
-    let mut config = Config::new(base, room, Some(token));
-    config.backoff_initial = Duration::from_millis(20);
-    tokio::time::timeout(WAIT, RoomClient::connect(config))
-        .await
-        .expect("connecting timed out")
-        .expect("connecting")
+    roomd_tests::rust_client(base, room, token).await
 }
 
 /// Three jobs, the first slow; the worker is killed in the middle of it, and an earlier
@@ -86,8 +81,7 @@ async fn client(base: &str, room: &str, token: String) -> RoomClient {
 /// completes every job once: the thread holds one result per job, and the queue is empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_workers_complete_every_job_once_though_killed_mid_job() {
-    let server = TestServer::start().await;
-    let key = ApiKey::parse(&server.create_key("default").await).unwrap();
+    let (server, key) = roomd_tests::server_with_key().await;
     let base = format!("ws://{}", server.addr());
     for (room, python) in [("rust-worker", false), ("python-worker", true)] {
         let token =

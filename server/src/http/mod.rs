@@ -231,6 +231,27 @@ pub fn is_reserved(doc: &str) -> bool {
     doc.starts_with('.')
 }
 
+/// Whether a participant whose `sync` grant gives it `access` to `doc`, and whose grants are
+/// `scope`, may only read it. A reserved document is the server's to write, but for a queue's
+/// document (`.queues/<name>`), to whose inbox a participant that may send to the queue appends
+/// sends (its rules allow nothing else).
+pub fn reads_only(
+    doc: &str,
+    access: roomd_room_apis::DocAccess,
+    scope: &roomd_room_apis::ApiScope,
+) -> bool {
+    if access.read_only {
+        return true;
+    }
+    if !is_reserved(doc) {
+        return false;
+    }
+    match crate::room::queue_of_doc(doc) {
+        Some(queue) => !scope.queues.as_ref().is_some_and(|g| g.can_send(queue)),
+        None => true,
+    }
+}
+
 /// Who sends a REST request, as its handlers see it.
 #[derive(Debug)]
 pub struct Requester {
@@ -401,7 +422,9 @@ async fn yjs_socket(
                 room: RoomKey::new(caller.project(), &room),
                 doc: doc.into(),
                 who: caller.who(),
-                read_only: access.read_only || is_reserved(&path),
+                read_only: caller
+                    .scope_in(&room)
+                    .map_or(true, |scope| reads_only(&path, access, &scope)),
                 principal: Arc::new(caller.principal()),
                 scope: None,
                 url: String::new(),

@@ -327,7 +327,11 @@ pub async fn write_doc(
     let doc = update_target(&doc)?;
     check_name("document", doc, DOC_NAME_BYTES_MAX)?;
     let access = req.doc_access(&app, &room, doc)?;
-    if access.read_only || is_reserved(normalize_doc_path(doc)) {
+    let scope = req
+        .caller
+        .scope_in(&room)
+        .map_err(|f| req.forbid(&app, f, Some(&room)))?;
+    if super::reads_only(normalize_doc_path(doc), access, &scope) {
         return Err(req.forbid(&app, Forbidden::PathNotGranted, Some(&room)));
     }
     let key = RoomKey::new(req.caller.project(), &room);

@@ -3,10 +3,12 @@
 
 mod presence;
 mod proto;
+mod queue_docs;
 mod queues;
 mod rest;
 pub(crate) mod threads;
 
+pub use queue_docs::queue_of_doc;
 pub use queues::{stats_json as queue_stats_json, stored_stats as stored_queue_stats};
 pub use rest::{DocFormat, DocRead, RestCmd, RestError};
 
@@ -109,6 +111,8 @@ struct DocState {
     /// The replica the server makes edits on participants' behalf on (a thread's toolkit
     /// calls), kept from the first such edit while the document is loaded.
     replica: Option<roomd_crdt::Replica>,
+    /// For a queue's document (`.queues/<name>`), where its items are, once attached.
+    queue_view: Option<roomd_crdt::queue_doc::QueueDoc>,
 }
 
 /// A document being integrated on a blocking thread. Its connections have joined already: a
@@ -151,6 +155,8 @@ pub struct Room {
     threads: threads::ThreadIndex,
     /// The room's work queues and the receivers parked on them.
     queues: queues::RoomQueues,
+    /// The queues' documents that are loaded, and what they are yet to show.
+    queue_docs: queue_docs::QueueDocs,
 }
 
 impl std::fmt::Debug for Room {
@@ -194,6 +200,7 @@ impl Room {
             sockets: proto::Sockets::default(),
             threads: threads::ThreadIndex::default(),
             queues: queues::RoomQueues::default(),
+            queue_docs: queue_docs::QueueDocs::default(),
         }
     }
 
@@ -253,6 +260,13 @@ impl Room {
                     None => std::future::pending().await,
                 }
             };
+            let queue_docs_due = self.queue_docs.due;
+            let queue_docs = async move {
+                match queue_docs_due {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let queue_due = self.next_queue_timer();
             let queue_timer = async move {
                 match queue_due {
@@ -300,6 +314,7 @@ impl Room {
                 () = index => self.flush_thread_index().await,
                 () = calls => self.expire_calls(),
                 () = queue_timer => self.queue_timer(),
+                () = queue_docs => self.flush_queue_docs(),
                 changed = durable.changed(), if self.acks_owed() => {
                     if changed.is_ok() {
                         let seq = *durable.borrow_and_update();
@@ -394,8 +409,12 @@ impl Room {
             .metrics
             .update_apply_seconds
             .observe(started.elapsed().as_secs_f64());
+        let changed = out.iter().any(|o| matches!(o, Output::Append { .. }));
         self.carry_out(doc, out);
         self.heal_if_poisoned(doc).await;
+        if changed {
+            self.queue_doc_intake(doc).await;
+        }
     }
 
     async fn handle(&mut self, cmd: RoomCmd) {
@@ -629,6 +648,7 @@ impl Room {
             }
             self.carry_out(&doc, out);
         }
+        self.queue_doc_attach(&doc).await;
         self.handle_batch(loading.queued).await;
     }
 
@@ -675,6 +695,12 @@ impl Room {
             let session = if authored {
                 let author = u32::from_le_bytes(crate::master_key::random_bytes());
                 YjsDocSession::authored(ydoc.authored_by(author), session_limits)
+            } else if queue_docs::queue_of_doc(&name).is_some() {
+                // A queue's document: the server writes its items; clients append sends.
+                let rules = roomd_room_apis::rules::InboxRules::new(&ydoc.snapshot());
+                let author = u32::from_le_bytes(crate::master_key::random_bytes());
+                let ydoc = ydoc.authored_by(author);
+                YjsDocSession::ruled(ydoc, session_limits, Box::new(rules))
             } else {
                 match roomd_room_apis::rules::for_path(&name, || ydoc.snapshot()) {
                     Some(rules) => YjsDocSession::ruled(ydoc, session_limits, Box::new(rules)),
@@ -690,6 +716,7 @@ impl Room {
                 new: stored.is_new(),
                 authored,
                 replica: None,
+                queue_view: None,
             }
         }
     }
@@ -851,7 +878,10 @@ impl Room {
             Ok(fresh) => {
                 if let Some(d) = self.docs.get_mut(doc) {
                     d.session.replace_doc(fresh.session.into_doc());
+                    // A queue's view points into the document replaced: attached again.
+                    d.queue_view = None;
                 }
+                Box::pin(self.queue_doc_attach(doc)).await;
             }
             Err(e) => {
                 tracing::error!(room = %self.name, %doc, error = %e, "reload failed; closing the document");
@@ -877,6 +907,7 @@ impl Room {
             if let Some(mut d) = self.docs.remove(&name) {
                 persist_doc(&self.ctx, &mut d).await;
                 self.ctx.metrics.docs_loaded.dec();
+                self.queue_doc_unloaded(&name);
             }
         }
     }

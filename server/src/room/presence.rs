@@ -149,6 +149,7 @@ impl Room {
             new: stored.is_new(),
             authored: true,
             replica: None,
+            queue_view: None,
         };
         let mut out = Vec::new();
         if let Some(update) = cleared {

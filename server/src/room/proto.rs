@@ -997,7 +997,7 @@ impl Room {
             .scope
             .doc_access(path)
             .map_err(|f| Content::error(ErrorCode::PermissionDenied, f.to_string()))?;
-        let read_only = access.read_only || crate::http::is_reserved(path);
+        let read_only = crate::http::reads_only(path, access, &s.scope);
         let create = headers
             .get("create")
             .and_then(Value::as_bool)

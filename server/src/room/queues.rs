@@ -494,7 +494,7 @@ impl Room {
         }
     }
 
-    fn engine(&mut self) -> Result<&mut Queues, Content> {
+    pub(super) fn engine(&mut self) -> Result<&mut Queues, Content> {
         self.queues
             .engine
             .as_mut()
@@ -554,6 +554,7 @@ impl Room {
     /// writing `effects`' own records went, for the caller to answer once durable.
     pub(super) fn queue_effects(&mut self, effects: Effects) -> Persisted {
         let persisted = self.write_queue_records(&effects.records);
+        self.queue_docs_note(&effects.records, &effects.drained);
         for record in &effects.records {
             if let Record::Delete(Key::Queue(name)) = record {
                 for wid in self.queues.all_on(name) {
@@ -576,6 +577,7 @@ impl Room {
                 match engine.receive(&queue, &consumer, lease_ms, now_ms()) {
                     Ok(got) => {
                         let written = self.write_queue_records(&got.effects.records);
+                        self.queue_docs_note(&got.effects.records, &[]);
                         for q in got.effects.ready {
                             if q != queue && !ready.contains(&q) {
                                 ready.push_back(q);

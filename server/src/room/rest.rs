@@ -226,6 +226,7 @@ impl Room {
             }
             self.docs.insert(doc.clone(), state);
             self.ctx.metrics.docs_loaded.inc();
+            self.queue_doc_attach(doc).await;
         }
         Ok(self.docs.get_mut(doc))
     }
@@ -274,6 +275,7 @@ impl Room {
         let written = self.carry_out(doc, out);
         self.heal_if_poisoned(doc).await;
         if changed {
+            self.queue_doc_intake(doc).await;
             self.ctx.emit(
                 &self.key,
                 EventKind::RestWrite,
