@@ -109,6 +109,9 @@ async fn forged_authorship_and_edits_of_anothers_message_are_refused_on_every_pa
         first_message(txn, &m).insert_attribute(txn, "text", "changed by bob");
     });
     let deleted = edit_of(&base, 22, |txn, m| m.remove_range(txn, 0, 1));
+    let unschemed = edit_of(&base, 23, |txn, m| {
+        m.push_back(txn, XmlElementPrelim::empty("paragraph"));
+    });
 
     // y-websocket: each refused with permission-denied and the rule.
     let mut b = YClient::connect_authorized(&url, &bob, 2).await;
@@ -119,6 +122,7 @@ async fn forged_authorship_and_edits_of_anothers_message_are_refused_on_every_pa
         ),
         (&changed, "only its author changes a message"),
         (&deleted, "only its author deletes a message"),
+        (&unschemed, "messages may not hold a paragraph"),
     ] {
         b.denied.clear();
         b.send_raw(sync_update(update)).await;
@@ -191,7 +195,7 @@ async fn forged_authorship_and_edits_of_anothers_message_are_refused_on_every_pa
         .iter()
         .filter(|e| e["type"] == "update.refused")
         .collect();
-    assert_eq!(refusals.len(), 5, "{body}");
+    assert_eq!(refusals.len(), 6, "{body}");
     for e in &refusals {
         assert_eq!(e["participant"]["name"], "bob", "{e}");
         assert_eq!(e["body"]["document"], THREAD, "{e}");
