@@ -56,6 +56,9 @@ pub struct AppCtx {
     pub tracker: TaskTracker,
     /// The newest write known to be durable, published after each flush.
     durable: tokio::sync::watch::Sender<store::WriteSeq>,
+    /// Someone waits for a write to be durable: the group commit flushes without waiting for
+    /// its tick.
+    flush_wanted: tokio::sync::Notify,
 }
 
 impl AppCtx {
@@ -67,6 +70,13 @@ impl AppCtx {
             *d = (*d).max(seq);
             newer
         });
+    }
+
+    /// Asks the group commit to flush what is written as soon as it can: an answer waits for
+    /// it. Requests made while a flush runs are served by the next one, so a busy server still
+    /// flushes one batch at a time.
+    pub fn flush_soon(&self) {
+        self.flush_wanted.notify_one();
     }
 
     /// Waits until write `seq` is durable, or the server shuts down (false then).
@@ -239,6 +249,7 @@ pub(crate) async fn open_ctx(config: Config, serving: bool) -> anyhow::Result<Ar
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
         durable: tokio::sync::watch::Sender::new(0),
+        flush_wanted: tokio::sync::Notify::new(),
     }))
 }
 
@@ -301,7 +312,8 @@ async fn serve(
     Ok(())
 }
 
-/// The group commit: every `flush_interval`, makes all writes issued so far durable.
+/// The group commit: every `flush_interval`, or at once when an answer waits for durability
+/// ([`AppCtx::flush_soon`]), makes all writes issued so far durable.
 async fn flush_loop(ctx: Arc<AppCtx>) {
     let mut tick = tokio::time::interval(ctx.config.flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -309,6 +321,7 @@ async fn flush_loop(ctx: Arc<AppCtx>) {
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
             _ = tick.tick() => {}
+            () = ctx.flush_wanted.notified() => {}
         }
         if ctx.store.durable() >= ctx.store.written() {
             continue;

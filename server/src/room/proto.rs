@@ -1120,6 +1120,9 @@ impl Room {
             .acks
             .push_back((self.ctx.store.written(), owed));
         self.send_acks(self.ctx.store.durable());
+        if self.acks_owed() {
+            self.ctx.flush_soon();
+        }
     }
 
     /// True while acknowledgements wait for a flush.
