@@ -192,6 +192,9 @@ enum Command {
         producers: usize,
         #[arg(long, default_value_t = 4)]
         consumers: usize,
+        /// Workers of each consumer, each with one item in hand at a time.
+        #[arg(long, default_value_t = 16)]
+        workers: usize,
         #[arg(long, default_value_t = 20_000)]
         items: usize,
         /// Sends each producer keeps in flight.
@@ -458,6 +461,7 @@ async fn main() -> anyhow::Result<()> {
             roomd,
             producers,
             consumers,
+            workers,
             items,
             window,
             rate,
@@ -466,6 +470,7 @@ async fn main() -> anyhow::Result<()> {
             let throughput = roomd_bench::queues::QueueLoad {
                 producers,
                 consumers,
+                workers,
                 items,
                 window,
                 rate: None,

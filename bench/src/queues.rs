@@ -4,7 +4,9 @@
 //! consumer group, XACK, with `appendfsync everysec`), in one run. Each item carries the time
 //! it was sent, so a consumer records the send-to-receive latency; items per second run from
 //! the first send to the last acknowledgement. Producers keep a window of sends in flight (a
-//! pipeline on Redis, concurrent calls on roomd); each consumer takes one item at a time.
+//! pipeline on Redis, concurrent calls on roomd); each consumer keeps `workers` items in hand,
+//! each taken by a worker of its own (a connection of its own on both) that receives one item,
+//! acknowledges it, and receives the next, as a consumer process with a pool of workers does.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -21,8 +23,10 @@ use crate::scenarios::Report;
 pub struct QueueLoad {
     /// Producers, each on a connection of its own.
     pub producers: usize,
-    /// Consumers, each on a connection of its own.
+    /// Consumers.
     pub consumers: usize,
+    /// Workers of each consumer, each on a connection of its own, each with one item in hand.
+    pub workers: usize,
     /// Items in all.
     pub items: usize,
     /// Sends a producer keeps in flight.
@@ -191,8 +195,8 @@ pub async fn redis_streams(port: u16, load: QueueLoad) -> anyhow::Result<Report>
         .await?;
     let tally = Arc::new(Tally::new()?);
     let mut tasks = tokio::task::JoinSet::new();
-    for c in 0..load.consumers {
-        // A blocking read holds its connection: one of its own per consumer.
+    for c in 0..load.consumers * load.workers {
+        // A blocking read holds its connection: one of its own per worker.
         let mut con = client.get_multiplexed_async_connection().await?;
         let tally = tally.clone();
         tasks.spawn(async move {
@@ -324,8 +328,9 @@ fn stream_entries(v: &redis::Value) -> Vec<(String, Vec<(String, String)>)> {
 const QUEUE: &str = "jobs";
 
 /// The load through roomd's `queues` toolkit at `target`: producers `send` (each answered once
-/// the item is durable; `window` in flight on each connection), consumers `receive` with a
-/// lease and `wait` (a long poll), one at a time, then `ack` the receipt.
+/// the item is durable; `window` in flight on each connection), each consumer's workers
+/// `receive` with a lease and `wait` (a long poll), one item at a time, then `ack` the receipt
+/// (answered once durable).
 pub async fn roomd_queues(
     target: &crate::target::Target,
     load: QueueLoad,
@@ -354,7 +359,7 @@ pub async fn roomd_queues(
     );
     let tally = Arc::new(Tally::new()?);
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..load.consumers {
+    for _ in 0..load.consumers * load.workers {
         let mut c = conn(target, target.token.clone()).await?;
         let tally = tally.clone();
         let call = call.clone();

@@ -199,6 +199,7 @@ async fn the_queues_load_runs_against_roomd() {
     let load = roomd_bench::queues::QueueLoad {
         producers: 2,
         consumers: 3,
+        workers: 2,
         items: 300,
         window: 16,
         rate: None,
