@@ -3,8 +3,8 @@
 //!
 //! The room task owns its [`Queues`] (loaded from the store at the room's first queue call, or
 //! when its info is asked for) and every mutation of them goes through one method,
-//! [`Room::queue_effects`]: it writes the records the engine returns (one atomic batch per
-//! mutation), wakes the receivers parked on a queue in which an item became available, in the
+//! [`Room::queue_effects`]: it writes the records the engine returns (in order, as
+//! `Store::write_queue_records` does), wakes the receivers parked on a queue in which an item became available, in the
 //! order they parked, answers those parked on a queue that was removed, and publishes the
 //! room's counts to the metrics. A `send` (and `open`, `drain`, `close`, `extend`) is answered
 //! once the flush covering its records has completed, so what it reports survives `kill -9`;
@@ -563,7 +563,7 @@ impl Room {
     /// that changes them hands its [`Effects`] here, and nothing else writes queue records or
     /// wakes receivers:
     ///
-    /// 1. the records are written to the store (one atomic batch), and so are those of each
+    /// 1. the records are written to the store, in order, and so are those of each
     ///    receive made here for a parked receiver;
     /// 2. receivers parked on a queue named in `effects.ready` are served in the order they
     ///    parked, as long as the queue has an item for them, each answered once its receive's
