@@ -3,11 +3,13 @@
 //!
 //! The room task owns its [`Queues`] (loaded from the store at the room's first queue call, or
 //! when its info is asked for) and every mutation of them goes through one method,
-//! [`Room::queue_effects`]: it writes the records the engine returns (one atomic batch per
-//! mutation), wakes the receivers parked on a queue in which an item became available, in the
+//! [`Room::queue_effects`]: it writes the records the engine returns (in order, as
+//! `Store::write_queue_records` does), wakes the receivers parked on a queue in which an item became available, in the
 //! order they parked, answers those parked on a queue that was removed, and publishes the
-//! room's counts to the metrics. A call that changed something is answered once the flush
-//! covering its records has completed, so what an answer reports survives `kill -9`. Leases
+//! room's counts to the metrics. A `send` and an `ack` (and `open`, `drain`, `close`, `extend`)
+//! are answered once the flush covering their records has completed, so what they report
+//! survives `kill -9`; receives and returns are answered at once, their records written and
+//! durable at the next flush, since losing one to a crash only delivers an item again. Leases
 //! end on a timer of the room's run loop at the engine's next deadline; a lease outstanding
 //! when the server stopped ends after restart at its time, and its item is delivered again.
 
@@ -72,6 +74,17 @@ pub(super) enum Persisted {
     Written(WriteSeq),
     /// The store refused; the change is not durable.
     Failed,
+}
+
+/// When a call that wrote records is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Once the flush covering the records has completed: what the answer reports must
+    /// survive a crash (a sent item, a queue made or emptied, a lease's new end).
+    Durable,
+    /// At once, the records written: a crash before the flush can only deliver an item again
+    /// (a receive's removal or lease, a return), never lose one.
+    Written,
 }
 
 /// A receiver parked on an empty queue.
@@ -372,7 +385,7 @@ impl Room {
                     .open(name_arg(args)?)
                     .map_err(|e| refused(&e))?;
                 let persisted = self.queue_effects(effects);
-                Ok(self.answer_after(conn, id, Content::Empty, persisted))
+                Ok(self.answer_after(conn, id, Content::Empty, persisted, Answer::Durable))
             }
             Tool::Send => {
                 let name = name_arg(args)?;
@@ -388,7 +401,7 @@ impl Room {
                     .send(name, message, create, now)
                     .map_err(|e| refused(&e))?;
                 let persisted = self.queue_effects(sent.effects);
-                Ok(self.answer_after(conn, id, Content::Empty, persisted))
+                Ok(self.answer_after(conn, id, Content::Empty, persisted, Answer::Durable))
             }
             Tool::Receive => self.queue_receive(conn, id, args, consumer, now),
             Tool::Ack | Tool::Nack | Tool::Extend => {
@@ -425,7 +438,13 @@ impl Room {
                     }
                 };
                 let persisted = self.queue_effects(effects);
-                Ok(self.answer_after(conn, id, answer, persisted))
+                // An acknowledged item is never delivered again, and a lease is never shorter
+                // than the one answered; a return lost to a crash only delivers its item again.
+                let when = match tool {
+                    Tool::Ack | Tool::Extend => Answer::Durable,
+                    _ => Answer::Written,
+                };
+                Ok(self.answer_after(conn, id, answer, persisted, when))
             }
             Tool::Drain | Tool::Close => {
                 let name = name_arg(args)?;
@@ -437,7 +456,7 @@ impl Room {
                 };
                 let effects = outcome.map_err(|e| refused(&e))?.effects;
                 let persisted = self.queue_effects(effects);
-                Ok(self.answer_after(conn, id, Content::Empty, persisted))
+                Ok(self.answer_after(conn, id, Content::Empty, persisted, Answer::Durable))
             }
         }
     }
@@ -475,9 +494,13 @@ impl Room {
             .map_err(|e| refused(&e))?;
         let persisted = self.queue_effects(got.effects);
         match got.value {
-            Some(delivery) => {
-                Ok(self.answer_after(conn, id, delivery_content(delivery), persisted))
-            }
+            Some(delivery) => Ok(self.answer_after(
+                conn,
+                id,
+                delivery_content(delivery),
+                persisted,
+                Answer::Written,
+            )),
             None if wait && wait_ms > 0 => {
                 let waiter = Waiter {
                     conn,
@@ -540,7 +563,7 @@ impl Room {
     /// that changes them hands its [`Effects`] here, and nothing else writes queue records or
     /// wakes receivers:
     ///
-    /// 1. the records are written to the store (one atomic batch), and so are those of each
+    /// 1. the records are written to the store, in order, and so are those of each
     ///    receive made here for a parked receiver;
     /// 2. receivers parked on a queue named in `effects.ready` are served in the order they
     ///    parked, as long as the queue has an item for them, each answered once its receive's
@@ -588,7 +611,10 @@ impl Room {
                         };
                         if let Some(w) = self.queues.unpark(wid) {
                             let content = delivery_content(delivery);
-                            if let Some(now) = self.answer_after(w.conn, w.id, content, written) {
+                            let when = Answer::Written;
+                            if let Some(now) =
+                                self.answer_after(w.conn, w.id, content, written, when)
+                            {
                                 self.respond_queue(w.conn, w.id, now);
                             }
                         }
@@ -624,22 +650,24 @@ impl Room {
         }
     }
 
-    /// `content` for request `id` of `conn`: at once when nothing was written (returned, for
-    /// the caller to send), once durable when something was, or an error if the write failed.
+    /// `content` for request `id` of `conn`: returned for the caller to send at once, or
+    /// sent once durable when `when` asks for that and something was written; an error if the
+    /// write failed.
     fn answer_after(
         &mut self,
         conn: ConnId,
         id: u64,
         content: Content,
         persisted: Persisted,
+        when: Answer,
     ) -> Option<Content> {
-        match persisted {
-            Persisted::Nothing => Some(content),
-            Persisted::Written(_) => {
+        match (persisted, when) {
+            (Persisted::Failed, _) => Some(not_stored()),
+            (Persisted::Written(_), Answer::Durable) => {
                 self.answer_when_durable(conn, id, content);
                 None
             }
-            Persisted::Failed => Some(not_stored()),
+            (Persisted::Nothing | Persisted::Written(_), _) => Some(content),
         }
     }
 

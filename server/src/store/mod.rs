@@ -408,9 +408,9 @@ impl Store {
         Ok(records)
     }
 
-    /// Writes what a mutation of `room`'s work queues changed, in one atomic batch: an item that
-    /// moves between queues (dead-lettering) is never lost nor doubled by a crash. Durable after
-    /// the next flush.
+    /// Writes what a mutation of `room`'s work queues changed, in order; in one atomic batch when
+    /// it touches several queues, so that an item that moves between them (dead-lettering) is
+    /// never lost nor doubled by a crash. Durable after the next flush.
     pub fn write_queue_records(
         &self,
         room: &RoomKey,
@@ -423,16 +423,31 @@ impl Store {
             v.extend_from_slice(&json);
             v
         };
+        // sled recovers a prefix of the writes made, and serialises a batch against every other
+        // write of the process (a batch per send held each up behind the flush). So a change
+        // that touches one queue is written record by record, in order: cut anywhere, it leaves
+        // at worst a sequence number skipped, some of a drain's items removed, or a receipt
+        // counter behind the leases, which restoring reads past. Only an item that moves between
+        // queues (dead-lettering) needs the batch, or a cut between its removal and its arrival
+        // would lose it.
+        let first = records.first().and_then(QueueRecord::queue);
+        let one_queue = records
+            .iter()
+            .all(|r| r.queue().is_none() || r.queue() == first);
         match records {
             [] => return Ok(self.written()),
-            [one] => match one.encode() {
-                Some(json) => {
-                    self.queues.insert(key_of(one), value_of(json))?;
+            _ if one_queue => {
+                for r in records {
+                    match r.encode() {
+                        Some(json) => {
+                            self.queues.insert(key_of(r), value_of(json))?;
+                        }
+                        None => {
+                            self.queues.remove(key_of(r))?;
+                        }
+                    }
                 }
-                None => {
-                    self.queues.remove(key_of(one))?;
-                }
-            },
+            }
             _ => {
                 let mut batch = sled::Batch::default();
                 for r in records {
