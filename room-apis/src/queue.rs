@@ -847,17 +847,7 @@ impl Queues {
                 self.create(queue, &mut effects);
             }
         }
-        let seq = self.push_waiting(queue, message, 0, None, now_ms, &mut effects);
-        if send.is_some() {
-            if let Some(item) = self
-                .queues
-                .get_mut(queue)
-                .and_then(|q| q.items.get_mut(&seq))
-            {
-                item.send = send;
-                effects.records.push(put_item(queue, item));
-            }
-        }
+        let seq = self.push_waiting(queue, message, 0, (None, send), now_ms, &mut effects);
         Ok(Outcome {
             value: seq,
             effects,
@@ -1206,13 +1196,14 @@ impl Queues {
             .unwrap_or_else(|| format!("{queue}{}", self.config.dead_letter_suffix))
     }
 
-    /// Appends a waiting item to an existing queue; answers its sequence number.
+    /// Appends a waiting item to an existing queue, with where it came from (a dead-lettered
+    /// item's origin, a document's send); answers its sequence number.
     fn push_waiting(
         &mut self,
         queue: &str,
         message: serde_json::Value,
         attempts: u32,
-        origin: Option<Origin>,
+        (origin, send): (Option<Origin>, Option<String>),
         now_ms: u64,
         effects: &mut Effects,
     ) -> u64 {
@@ -1228,7 +1219,7 @@ impl Queues {
             attempts,
             state: ItemState::Waiting,
             origin,
-            send: None,
+            send,
         };
         effects.records.push(q.meta(queue));
         effects.records.push(put_item(queue, &item));
@@ -1318,7 +1309,7 @@ impl Queues {
             &target,
             item.message,
             item.attempts,
-            Some(origin),
+            (Some(origin), None),
             now_ms,
             effects,
         );

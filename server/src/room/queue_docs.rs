@@ -172,7 +172,30 @@ impl Room {
         };
         let mut out = Vec::new();
         d.session.publish(update, &mut out);
-        self.carry_out(&doc, out);
+        self.show_when_durable(&doc, out);
+    }
+
+    /// Carries out the outputs of the server's own edits of a queue's document, sending them
+    /// to its connections only once they are durable, with what the queue wrote before them: a
+    /// client must never hold an edit of the server's that a crash could take back, since its
+    /// resync would then carry that edit, which the document's rules refuse from a client, and
+    /// with it the client's own sends. The flush is made here, in the room task: these edits
+    /// come at most every [`FLUSH_DELAY`] per document, and when a client's sends arrive.
+    fn show_when_durable(&mut self, doc: &Arc<str>, out: Vec<roomd_sync::Output>) {
+        let (appends, rest): (Vec<_>, Vec<_>) = out
+            .into_iter()
+            .partition(|o| matches!(o, roomd_sync::Output::Append { .. }));
+        self.carry_out(doc, appends);
+        match self.ctx.store.flush() {
+            Ok(durable) => self.ctx.durable_to(durable),
+            Err(e) => {
+                // Not shown: the connections resync from the document when they reconnect.
+                self.ctx.metrics.storage_errors_total.inc();
+                tracing::error!(room = %self.name, %doc, error = %e, "flushing a queue's document failed");
+                return;
+            }
+        }
+        self.carry_out(doc, rest);
     }
 
     /// Gives a queue's document, once loaded, its view: brought up to the queue's state, and
@@ -214,7 +237,7 @@ impl Room {
             d.session.publish(u, &mut out);
         }
         d.queue_view = Some(view);
-        self.carry_out(doc, out);
+        self.show_when_durable(doc, out);
         self.queue_docs.loaded.insert(queue);
         self.queue_doc_intake(doc).await;
     }
