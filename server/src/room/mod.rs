@@ -115,6 +115,14 @@ struct DocState {
     queue_view: Option<roomd_crdt::queue_doc::QueueDoc>,
 }
 
+/// Sleeps until `due`, or for ever when there is nothing due: a timer of the run loop.
+async fn sleep_until_due(due: Option<Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A document being integrated on a blocking thread. Its connections have joined already: a
 /// newcomer's step 1 with an empty state vector is answered from the stored snapshot at once,
 /// and everything else waits here, in order, until the document is ready.
@@ -239,41 +247,11 @@ impl Room {
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let no_conns = self.outboxes.is_empty();
-            let presence_due = self.presence.due;
-            let presence = async move {
-                match presence_due {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let index_due = self.threads.due;
-            let index = async move {
-                match index_due {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let call_due = self.next_call_deadline();
-            let calls = async move {
-                match call_due {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let queue_docs_due = self.queue_docs.due;
-            let queue_docs = async move {
-                match queue_docs_due {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let queue_due = self.next_queue_timer();
-            let queue_timer = async move {
-                match queue_due {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let presence = sleep_until_due(self.presence.due);
+            let index = sleep_until_due(self.threads.due);
+            let calls = sleep_until_due(self.next_call_deadline());
+            let queue_docs = sleep_until_due(self.queue_docs.due);
+            let queue_timer = sleep_until_due(self.next_queue_timer());
             tokio::select! {
                 biased;
                 _ = self.ctx.shutdown.cancelled() => {
