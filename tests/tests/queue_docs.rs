@@ -6,9 +6,13 @@
 use roomd_client::{DocEvent, Document, RoomClient};
 use roomd_room_apis::scope::QueuesGrant;
 use roomd_room_apis::{ApiKey, ApiScope};
-use roomd_tests::WAIT;
+use roomd_tests::{YClient, WAIT};
 use serde_json::{json, Value};
-use yrs::{Transact, Xml, XmlElementPrelim, XmlElementRef, XmlFragment, XmlOut};
+use yrs::updates::decoder::Decode;
+use yrs::{
+    ReadTxn, StateVector, Transact, Update, Xml, XmlElementPrelim, XmlElementRef, XmlFragment,
+    XmlOut,
+};
 
 const ROOM: &str = "queue-docs";
 
@@ -165,4 +169,72 @@ async fn sends_appended_to_a_queues_document_are_taken_once_across_kill_9() {
         c.close().await;
     }
     server.kill().await;
+}
+
+/// A send appended to the inbox over REST is taken like one that arrives over a socket; one
+/// from a participant without the send grant is refused on every path that writes the
+/// document (y-websocket, REST; the room protocol in the test above), and the queue stays
+/// empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_takes_sends_over_rest_and_refuses_them_without_the_send_grant() {
+    let (server, key) = roomd_tests::server_with_key().await;
+    let base = format!("ws://{}", server.addr());
+    let owner = rust_client(&base, token(&key, "owner")).await;
+    let doc = owner.open(".queues/jobs").await.unwrap();
+    until(&doc, "the inbox", |d| root_child(d, "inbox").is_some()).await;
+    let state = doc
+        .doc()
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    // A send made on a copy of the document, as an offline client would.
+    let send_of = |client: u64, n: u32| {
+        let copy = yrs::Doc::with_client_id(client);
+        copy.transact_mut()
+            .apply_update(Update::decode_v1(&state).unwrap())
+            .unwrap();
+        let xml = copy.get_or_insert_xml_fragment("xml");
+        let mut txn = copy.transact_mut();
+        let inbox = xml
+            .children(&txn)
+            .find_map(|c| match c {
+                XmlOut::Element(e) if &**e.tag() == "inbox" => Some(e),
+                _ => None,
+            })
+            .unwrap();
+        let send = inbox.push_back(&mut txn, XmlElementPrelim::empty("send"));
+        send.insert_attribute(&mut txn, "$id", format!("rest-{n}"));
+        send.insert_attribute(&mut txn, "message", json!({ "n": n }).to_string());
+        txn.encode_update_v1()
+    };
+    let path = format!("/v1/rooms/{ROOM}/docs/.queues/jobs/update");
+
+    let mut scope = ApiScope::agent_default();
+    scope.queues = Some(QueuesGrant {
+        send: Some(vec!["other".into()]),
+        ..QueuesGrant::default()
+    });
+    let reader = roomd_tests::agent_token(&key, "reader", ROOM, scope);
+    let refused = send_of(71, 1);
+    let (status, body) = server.http("POST", &path, Some(&reader), &refused).await;
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+    let mut socket =
+        YClient::connect_authorized(&server.doc_url(ROOM, ".queues/jobs"), &reader, 72).await;
+    socket
+        .send_raw(roomd_sync::Message::Sync(roomd_sync::SyncMessage::Update(&refused)).to_vec())
+        .await;
+    socket.until_permission_denied().await;
+    assert!(drain_in_order(&owner, "jobs").await.is_empty());
+
+    let writer = token(&key, "writer");
+    let (status, body) = server
+        .http("POST", &path, Some(&writer), &send_of(73, 2))
+        .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    until(&doc, "the REST send taken", |d| {
+        taken(d) == [Some("0".to_string())]
+    })
+    .await;
+    assert_eq!(drain_in_order(&owner, "jobs").await, [json!({ "n": 2 })]);
+    owner.close().await;
+    server.stop().await;
 }
