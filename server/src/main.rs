@@ -9,6 +9,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use roomd::{Config, IssuerAlgorithm, Limits, Server};
 
+/// mimalloc rather than the system allocator: the server allocates and frees small buffers
+/// across its worker threads on every message, which glibc's allocator serves slowly.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "roomd",
