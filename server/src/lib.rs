@@ -340,5 +340,15 @@ async fn flush_loop(ctx: Arc<AppCtx>) {
             }
             Err(e) => tracing::error!(error = %e, "flush task failed"),
         }
+        // Off the flush's path: flushes go on while the queues' journals fold.
+        if ctx.store.queue_compaction_due() {
+            let ctx = ctx.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = ctx.store.compact_queues() {
+                    ctx.metrics.storage_errors_total.inc();
+                    tracing::error!(error = %e, "compacting the queues' journal failed");
+                }
+            });
+        }
     }
 }

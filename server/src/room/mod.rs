@@ -315,6 +315,7 @@ impl Room {
         if !self.session.deleted() {
             self.persist_all().await;
         }
+        self.unload_queues();
         self.rooms.remove(&self.key, self.generation);
         self.ctx.events.release(&self.key);
         let docs = self.docs.len() as i64;

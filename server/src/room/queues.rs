@@ -731,6 +731,13 @@ impl Room {
         self.queues = RoomQueues::default();
     }
 
+    /// The room unloads: the store folds its queues' journal soon.
+    pub(super) fn unload_queues(&self) {
+        if self.queues.engine.is_some() {
+            self.ctx.store.queues_unloaded(&self.key);
+        }
+    }
+
     /// Each queue's counts, loading the queues if need be: the room's info.
     pub(super) async fn queue_stats(&mut self) -> Vec<queue::QueueStats> {
         if self.load_queues().await.is_err() {

@@ -6,9 +6,11 @@
 //! - document snapshot key `doc_key` → `[1] ++ covered_seq (u64 BE) ++ v1 update`
 //! - projects, keys, rooms, sessions and events → `[1] ++ JSON` of their record structs
 //!   (`records`), which are storage types of their own, never the core's.
-//! - a room's work queues (tree `queues`): key `room_key ++ Record::key()` (`queue/<name>`,
-//!   `item/<queue>\0<seq BE>`, `receipts`) → `[1] ++ JSON` of the queue engine's stored value
-//!   (`room_apis::queue::Stored`, a versioned storage type of the engine's own).
+//! - a room's work queues (tree `queues`): base records, key `room_key ++ Record::key()`
+//!   (`queue/<name>`, `item/<queue>\0<seq BE>`, `receipts`) → `[1] ++ JSON` of the queue
+//!   engine's stored value (`room_apis::queue::Stored`, a versioned storage type of the
+//!   engine's own), and journal entries over them, key `room_key ++ "journal/" ++ seq (u64
+//!   BE)`, each the changes to base records of one group commit (`journal`).
 //!
 //! Keys: a room is `project id (16 bytes) ++ u16 BE length ++ name`, a document is its room's key
 //! `++ u16 BE length ++ name`, so every document of a room shares the room's prefix and no key is a
@@ -20,6 +22,7 @@
 //! (schema 0: documents keyed by room and name alone, in `yjs_log` and `yjs_snapshot`) is
 //! migrated on open: its documents move under the `default` project.
 
+mod journal;
 mod records;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -176,6 +179,8 @@ pub struct Store {
     pub(crate) sessions: sled::Tree,
     pub(crate) events: sled::Tree,
     queues: sled::Tree,
+    /// Queue records written and not yet in sled, and the rooms' journals.
+    journal: Arc<journal::Journal>,
     /// Writes issued so far.
     written: Arc<AtomicU64>,
     /// Writes covered by a completed flush.
@@ -208,6 +213,7 @@ impl Store {
             sessions: db.open_tree("sessions")?,
             events: db.open_tree("events")?,
             queues: db.open_tree("queues")?,
+            journal: Arc::default(),
             db,
             written: Arc::new(AtomicU64::new(0)),
             durable: Arc::new(AtomicU64::new(0)),
@@ -273,6 +279,12 @@ impl Store {
         Ok(())
     }
 
+    /// Before any write to sled: the queue records written before it go first, so that sled
+    /// holds what was written in the order it was written.
+    fn in_order(&self) -> Result<(), StoreError> {
+        self.journal.drain(&self.queues)
+    }
+
     /// Counts a write; it is durable once a flush started after it completes.
     fn wrote(&self) -> WriteSeq {
         self.written.fetch_add(1, Ordering::AcqRel) + 1
@@ -326,6 +338,7 @@ impl Store {
 
     /// Appends an accepted update as log entry `seq`. It is durable after the next flush.
     pub fn append(&self, key: &DocKey, seq: u64, update: &[u8]) -> Result<WriteSeq, StoreError> {
+        self.in_order()?;
         let mut v = Vec::with_capacity(1 + update.len());
         v.push(RECORD_V1);
         v.extend_from_slice(update);
@@ -341,6 +354,7 @@ impl Store {
         snapshot: &[u8],
         covered_seq: u64,
     ) -> Result<(), StoreError> {
+        self.in_order()?;
         let mut v = Vec::with_capacity(9 + snapshot.len());
         v.push(RECORD_V1);
         v.extend_from_slice(&covered_seq.to_be_bytes());
@@ -361,6 +375,7 @@ impl Store {
 
     /// Removes a document: its snapshot and its log.
     pub fn delete_doc(&self, key: &DocKey) -> Result<WriteSeq, StoreError> {
+        self.in_order()?;
         self.snapshots.remove(&key.0[..])?;
         for item in self.log.scan_prefix(&key.0[..]).keys() {
             let k = item?;
@@ -392,79 +407,74 @@ impl Store {
     }
 
     /// Everything stored of `room`'s work queues, as the records that wrote it, for
-    /// `Queues::restore`.
+    /// `Queues::restore`: its base records with its journal folded over them.
     pub fn queue_records(&self, room: &RoomKey) -> Result<Vec<QueueRecord>, StoreError> {
         let corrupt = || StoreError::Corrupt(format!("queues of {}", room.name()));
         let mut records = Vec::new();
-        for item in self.queues.scan_prefix(room.bytes()) {
-            let (k, v) = item?;
-            let key = &k[room.bytes().len()..];
+        for (key, v) in self.journal.read(&self.queues, room)? {
             let json = match v.split_first() {
                 Some((&RECORD_V1, json)) => json,
                 _ => return Err(corrupt()),
             };
-            records.push(QueueRecord::decode(key, json).map_err(|_| corrupt())?);
+            records.push(QueueRecord::decode(&key, json).map_err(|_| corrupt())?);
         }
         Ok(records)
     }
 
-    /// Writes what a mutation of `room`'s work queues changed, in order; in one atomic batch when
-    /// it touches several queues, so that an item that moves between them (dead-lettering) is
-    /// never lost nor doubled by a crash. Durable after the next flush.
+    /// Writes what a mutation of `room`'s work queues changed. The records join the room's
+    /// next journal entry, made before the next flush or the next other write, whichever comes
+    /// first (see `journal`): a crash keeps all of a call's records or none, and those of the
+    /// calls before it. Durable after the next flush.
     pub fn write_queue_records(
         &self,
         room: &RoomKey,
         records: &[QueueRecord],
     ) -> Result<WriteSeq, StoreError> {
-        let key_of = |r: &QueueRecord| [room.bytes(), &r.key()].concat();
-        let value_of = |json: Vec<u8>| {
-            let mut v = Vec::with_capacity(1 + json.len());
-            v.push(RECORD_V1);
-            v.extend_from_slice(&json);
-            v
-        };
-        // sled recovers a prefix of the writes made, and serialises a batch against every other
-        // write of the process (a batch per send held each up behind the flush). So a change
-        // that touches one queue is written record by record, in order: cut anywhere, it leaves
-        // at worst a sequence number skipped, some of a drain's items removed, or a receipt
-        // counter behind the leases, which restoring reads past. Only an item that moves between
-        // queues (dead-lettering) needs the batch, or a cut between its removal and its arrival
-        // would lose it.
-        let first = records.first().and_then(QueueRecord::queue);
-        let one_queue = records
-            .iter()
-            .all(|r| r.queue().is_none() || r.queue() == first);
-        match records {
-            [] => return Ok(self.written()),
-            _ if one_queue => {
-                for r in records {
-                    match r.encode() {
-                        Some(json) => {
-                            self.queues.insert(key_of(r), value_of(json))?;
-                        }
-                        None => {
-                            self.queues.remove(key_of(r))?;
-                        }
-                    }
-                }
-            }
-            _ => {
-                let mut batch = sled::Batch::default();
-                for r in records {
-                    match r.encode() {
-                        Some(json) => batch.insert(key_of(r), value_of(json)),
-                        None => batch.remove(key_of(r)),
-                    }
-                }
-                self.queues.apply_batch(batch)?;
-            }
+        if records.is_empty() {
+            return Ok(self.written());
         }
-        Ok(self.wrote())
+        let changes = records
+            .iter()
+            .map(|r| {
+                let value = r.encode().map(|json| {
+                    let mut v = Vec::with_capacity(1 + json.len());
+                    v.push(RECORD_V1);
+                    v.extend_from_slice(&json);
+                    v
+                });
+                (r.key(), value)
+            })
+            .collect();
+        let mut seq = 0;
+        let over = self.journal.push(room, changes, || seq = self.wrote());
+        if over {
+            self.in_order()?;
+        }
+        Ok(seq)
+    }
+
+    /// Whether the queues' journal wants compacting and no compaction runs; if true, the
+    /// caller runs [`Store::compact_queues`] (off the async threads).
+    pub fn queue_compaction_due(&self) -> bool {
+        self.journal.start_compaction()
+    }
+
+    /// Folds the journals that have grown, or whose rooms unloaded, into their base records.
+    pub fn compact_queues(&self) -> Result<(), StoreError> {
+        self.journal.compact(&self.queues)
+    }
+
+    /// `room` unloaded: its queues' journal is compacted soon, and forgotten.
+    pub fn queues_unloaded(&self, room: &RoomKey) {
+        self.journal.unloaded(room);
     }
 
     /// Removes everything stored for `room`: documents, work queues, sessions, events and its
     /// record.
     pub fn delete_room(&self, room: &RoomKey) -> Result<WriteSeq, StoreError> {
+        let _quiet = self.journal.quiet();
+        self.in_order()?;
+        self.journal.forget(room);
         for tree in [
             &self.snapshots,
             &self.log,
@@ -486,6 +496,7 @@ impl Store {
         if self.durable.load(Ordering::Acquire) >= target {
             return Ok(target);
         }
+        self.in_order()?;
         self.db.flush()?;
         self.durable.fetch_max(target, Ordering::AcqRel);
         Ok(target)
@@ -639,6 +650,87 @@ mod tests {
         store.delete_room(&room).unwrap();
         assert!(store.queue_records(&room).unwrap().is_empty());
         assert_eq!(store.queue_records(&other).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn queue_journals_fold_over_their_base_across_compactions_reopens_and_deletes() {
+        use roomd_room_apis::queue::{Config, Queues};
+        let dir = tempdir();
+        let (room, other) = (RoomKey::new(P, "r"), RoomKey::new(P, "r2"));
+        let mut q = Queues::new(Config::default());
+        let mut store = Store::open(dir.path(), 1 << 20).unwrap();
+        let mut receipts = Vec::new();
+        for round in 0..6u64 {
+            for n in 0..50u64 {
+                let now = round * 1000 + n;
+                let sent = q.send("jobs", serde_json::json!(n), true, now).unwrap();
+                store
+                    .write_queue_records(&room, &sent.effects.records)
+                    .unwrap();
+                if n % 3 == 0 {
+                    let got = q.receive("jobs", "w", Some(60_000), now).unwrap();
+                    store
+                        .write_queue_records(&room, &got.effects.records)
+                        .unwrap();
+                    receipts.extend(got.value.and_then(|d| d.receipt));
+                }
+                if n % 5 == 0 {
+                    if let Some(r) = receipts.pop() {
+                        let acked = q.ack(r, now).unwrap();
+                        store
+                            .write_queue_records(&room, &acked.effects.records)
+                            .unwrap();
+                    }
+                }
+                if n % 7 == 0 {
+                    // Another room's writes go in between, and make entries of what is pending.
+                    let mut o = Queues::new(Config::default());
+                    let sent = o.send("other", serde_json::json!(n), true, now).unwrap();
+                    store
+                        .write_queue_records(&other, &sent.effects.records)
+                        .unwrap();
+                    store.flush().unwrap();
+                }
+            }
+            // What is pending, in entries, and whatever compacted, reads back the same.
+            let back = Queues::restore(Config::default(), store.queue_records(&room).unwrap());
+            assert_eq!(back.unwrap().records(), q.records(), "round {round}");
+            match round % 3 {
+                0 => {
+                    store.queues_unloaded(&room);
+                    assert!(store.queue_compaction_due());
+                    store.compact_queues().unwrap();
+                }
+                1 => {
+                    // Reopened with entries left in the journal: new entries follow them, and a
+                    // compaction folds both.
+                    store.flush().unwrap();
+                    drop(store);
+                    store = reopen(dir.path());
+                }
+                _ => {}
+            }
+        }
+        store.queues_unloaded(&room);
+        store.compact_queues().unwrap();
+        store.flush().unwrap();
+        drop(store);
+        let store = reopen(dir.path());
+        let back = Queues::restore(Config::default(), store.queue_records(&room).unwrap());
+        assert_eq!(back.unwrap().records(), q.records());
+        // A deleted room leaves nothing, and a compaction after it brings nothing back.
+        let sent = q.send("jobs", serde_json::json!("late"), true, 9).unwrap();
+        store
+            .write_queue_records(&room, &sent.effects.records)
+            .unwrap();
+        store.flush().unwrap();
+        store.queues_unloaded(&room);
+        store.delete_room(&room).unwrap();
+        store.compact_queues().unwrap();
+        assert!(store.queue_records(&room).unwrap().is_empty());
+        assert!(!store.queue_records(&other).unwrap().is_empty());
+        let left = store.queues.scan_prefix(room.bytes()).count();
+        assert_eq!(left, 0);
     }
 
     #[test]

@@ -140,6 +140,7 @@ fn event_key(room: &RoomKey, id: u64) -> Vec<u8> {
 impl Store {
     /// Writes a project.
     pub fn put_project(&self, p: &ProjectRecord) -> Result<WriteSeq, StoreError> {
+        self.in_order()?;
         self.projects.insert(p.id, encode_record(p))?;
         Ok(self.wrote())
     }
@@ -168,6 +169,7 @@ impl Store {
 
     /// Writes an API key.
     pub fn put_key(&self, k: &KeyRecord) -> Result<WriteSeq, StoreError> {
+        self.in_order()?;
         self.keys.insert(k.id, encode_record(k))?;
         Ok(self.wrote())
     }
@@ -183,6 +185,7 @@ impl Store {
 
     /// Records a room the first time it is activated.
     pub fn touch_room(&self, room: &RoomKey, now_ms: u64) -> Result<(), StoreError> {
+        self.in_order()?;
         if self.rooms.get(room.bytes())?.is_none() {
             let record = RoomRecord { created_ms: now_ms };
             self.rooms.insert(room.bytes(), encode_record(&record))?;
@@ -214,6 +217,7 @@ impl Store {
 
     /// Writes (or rewrites) a session of `room`, without its participants.
     pub fn put_session(&self, room: &RoomKey, s: &SessionRecord) -> Result<WriteSeq, StoreError> {
+        self.in_order()?;
         self.sessions
             .insert(session_key(room, s.started_ms, &s.id), encode_record(s))?;
         Ok(self.wrote())
@@ -227,6 +231,7 @@ impl Store {
         index: u32,
         p: &SessionParticipant,
     ) -> Result<WriteSeq, StoreError> {
+        self.in_order()?;
         let mut key = session_key(room, s.started_ms, &s.id);
         key.extend_from_slice(&index.to_be_bytes());
         self.sessions.insert(key, encode_record(p))?;
@@ -254,6 +259,7 @@ impl Store {
 
     /// Appends a developer event of `room`.
     pub fn put_event(&self, room: &RoomKey, e: &EventRecord) -> Result<WriteSeq, StoreError> {
+        self.in_order()?;
         self.events
             .insert(event_key(room, e.id), encode_record(e))?;
         Ok(self.wrote())
@@ -308,6 +314,7 @@ impl Store {
         keep_from: u64,
         older_than_ms: u64,
     ) -> Result<u64, StoreError> {
+        self.in_order()?;
         let mut removed = 0;
         for item in self.events.scan_prefix(room.bytes()) {
             let (k, v) = item?;
