@@ -652,6 +652,37 @@ mod tests {
         assert_eq!(store.queue_records(&other).unwrap().len(), 2);
     }
 
+    /// Step `n` of a queue's traffic at `now`, its records written to `store`: a send; every
+    /// other step a receive with a lease; every third an acknowledgement of a lease held.
+    fn queue_step(
+        store: &Store,
+        room: &RoomKey,
+        q: &mut roomd_room_apis::queue::Queues,
+        held: &mut Vec<u64>,
+        n: u64,
+        now: u64,
+    ) {
+        let sent = q.send("jobs", serde_json::json!(n), true, now).unwrap();
+        store
+            .write_queue_records(room, &sent.effects.records)
+            .unwrap();
+        if n % 2 == 0 {
+            let got = q.receive("jobs", "w", Some(60_000), now).unwrap();
+            store
+                .write_queue_records(room, &got.effects.records)
+                .unwrap();
+            held.extend(got.value.and_then(|d| d.receipt));
+        }
+        if n % 3 == 0 {
+            if let Some(receipt) = held.pop() {
+                let acked = q.ack(receipt, now).unwrap();
+                store
+                    .write_queue_records(room, &acked.effects.records)
+                    .unwrap();
+            }
+        }
+    }
+
     #[test]
     fn queue_journals_fold_over_their_base_across_compactions_reopens_and_deletes() {
         use roomd_room_apis::queue::{Config, Queues};
@@ -663,25 +694,7 @@ mod tests {
         for round in 0..6u64 {
             for n in 0..50u64 {
                 let now = round * 1000 + n;
-                let sent = q.send("jobs", serde_json::json!(n), true, now).unwrap();
-                store
-                    .write_queue_records(&room, &sent.effects.records)
-                    .unwrap();
-                if n % 3 == 0 {
-                    let got = q.receive("jobs", "w", Some(60_000), now).unwrap();
-                    store
-                        .write_queue_records(&room, &got.effects.records)
-                        .unwrap();
-                    receipts.extend(got.value.and_then(|d| d.receipt));
-                }
-                if n % 5 == 0 {
-                    if let Some(r) = receipts.pop() {
-                        let acked = q.ack(r, now).unwrap();
-                        store
-                            .write_queue_records(&room, &acked.effects.records)
-                            .unwrap();
-                    }
-                }
+                queue_step(&store, &room, &mut q, &mut receipts, n, now);
                 if n % 7 == 0 {
                     // Another room's writes go in between, and make entries of what is pending.
                     let mut o = Queues::new(Config::default());
@@ -731,6 +744,62 @@ mod tests {
         assert!(!store.queue_records(&other).unwrap().is_empty());
         let left = store.queues.scan_prefix(room.bytes()).count();
         assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn queue_records_written_from_several_threads_while_flushes_and_compactions_run_all_stay() {
+        use roomd_room_apis::queue::{Config, Queues};
+        use std::sync::atomic::AtomicBool;
+        let dir = tempdir();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flusher = {
+            let (store, stop) = (store.clone(), stop.clone());
+            let rooms: Vec<RoomKey> = (0..3).map(|r| RoomKey::new(P, &format!("r{r}"))).collect();
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Acquire) {
+                    store.flush().unwrap();
+                    n += 1;
+                    if n % 7 == 0 {
+                        store.queues_unloaded(&rooms[(n as usize / 7) % rooms.len()]);
+                    }
+                    if store.queue_compaction_due() {
+                        store.compact_queues().unwrap();
+                    }
+                }
+            })
+        };
+        let writers: Vec<_> = (0..3)
+            .map(|r| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let room = RoomKey::new(P, &format!("r{r}"));
+                    let doc = DocKey::new(&room, "d");
+                    let mut q = Queues::new(Config::default());
+                    let mut held = Vec::new();
+                    for n in 0..400u64 {
+                        queue_step(&store, &room, &mut q, &mut held, n, n);
+                        if n % 5 == 0 {
+                            store.append(&doc, n, &[0, 0]).unwrap();
+                        }
+                    }
+                    (room, q)
+                })
+            })
+            .collect();
+        let written: Vec<_> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+        stop.store(true, Ordering::Release);
+        flusher.join().unwrap();
+        store.flush().unwrap();
+        drop(store);
+        let store = reopen(dir.path());
+        for (room, q) in written {
+            let back = Queues::restore(Config::default(), store.queue_records(&room).unwrap());
+            assert_eq!(back.unwrap().records(), q.records(), "{}", room.name());
+            let doc = store.load(&DocKey::new(&room, "d")).unwrap();
+            assert_eq!(doc.log.len(), 80);
+        }
     }
 
     #[test]
