@@ -1,6 +1,7 @@
 //! roomd's room core semantics, protocol-agnostic and sans-IO: API keys, participant tokens and
 //! the scopes they grant, the participants of a room's session, the rules its documents keep
-//! to, and the room's work queues.
+//! to, the room's work queues, and the paths of its file storage with what a grant allows on
+//! them.
 //!
 //! Keys and tokens are in the MeshAgent format, so tokens minted by the MeshAgent SDKs work
 //! unchanged. Nothing here does I/O, reads the clock or draws random numbers: the time is a
@@ -9,6 +10,7 @@
 //! The work queues of [`queue::Queues`] take the time as a parameter too and return the records
 //! the server is to persist from every mutation.
 
+pub mod files;
 pub mod forbidden;
 pub mod ids;
 pub mod keys;
@@ -17,6 +19,7 @@ pub mod queue;
 pub mod rules;
 pub mod schema;
 pub mod scope;
+pub mod storage;
 pub mod token;
 
 pub use forbidden::Forbidden;
