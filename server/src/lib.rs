@@ -5,6 +5,7 @@
 //! every room, and returns.
 
 pub mod auth;
+pub mod blobs;
 mod config;
 pub mod control;
 mod events;
@@ -42,6 +43,8 @@ pub struct AppCtx {
     pub config: Config,
     /// The durable store.
     pub store: Store,
+    /// The bytes of stored files.
+    pub blobs: blobs::Blobs,
     /// The project of open development mode.
     pub default_project: store::ProjectKey,
     /// Projects, keys and token verification.
@@ -203,6 +206,14 @@ pub(crate) async fn open_ctx(config: Config, serving: bool) -> anyhow::Result<Ar
             .await?
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?
     };
+    // Opened after the store, whose lock keeps a second process off the data directory: what
+    // an upload cut short left behind goes.
+    let blobs = {
+        let dir = config.data_dir.clone();
+        tokio::task::spawn_blocking(move || blobs::Blobs::open(&dir))
+            .await?
+            .with_context(|| format!("opening the file storage in {}", config.data_dir.display()))?
+    };
     let default_project = store
         .project_by_name(store::DEFAULT_PROJECT)?
         .map(|p| p.id)
@@ -246,6 +257,7 @@ pub(crate) async fn open_ctx(config: Config, serving: bool) -> anyhow::Result<Ar
         default_project,
         auth,
         store,
+        blobs,
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
         durable: tokio::sync::watch::Sender::new(0),
