@@ -335,6 +335,16 @@ async fn flush_loop(ctx: Arc<AppCtx>) {
             _ = tick.tick() => {}
             () = ctx.flush_wanted.notified() => {}
         }
+        // Off the flush's path: flushes go on while the queues' journals fold.
+        if ctx.store.queue_compaction_due() {
+            let ctx = ctx.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = ctx.store.compact_queues() {
+                    ctx.metrics.storage_errors_total.inc();
+                    tracing::error!(error = %e, "compacting the queues' journal failed");
+                }
+            });
+        }
         if ctx.store.durable() >= ctx.store.written() {
             continue;
         }
@@ -351,16 +361,6 @@ async fn flush_loop(ctx: Arc<AppCtx>) {
                 tracing::error!(error = %e, "flush failed");
             }
             Err(e) => tracing::error!(error = %e, "flush task failed"),
-        }
-        // Off the flush's path: flushes go on while the queues' journals fold.
-        if ctx.store.queue_compaction_due() {
-            let ctx = ctx.clone();
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = ctx.store.compact_queues() {
-                    ctx.metrics.storage_errors_total.inc();
-                    tracing::error!(error = %e, "compacting the queues' journal failed");
-                }
-            });
         }
     }
 }

@@ -204,6 +204,11 @@ impl Collector for StoreCollector {
                 "Storage writes covered by a completed flush.",
                 self.0.durable(),
             ),
+            (
+                "roomd_store_queue_compactions",
+                "Rooms' work-queue journals folded into their records.",
+                self.0.queue_compactions(),
+            ),
         ] {
             let counter = ConstCounter::new(value);
             let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
@@ -429,6 +434,7 @@ mod tests {
             "roomd_closes_total{code=\"4400\",reason=\"protocol_error\"} 0",
             &format!("roomd_store_writes_total {}", store.written()),
             &format!("roomd_store_durable_writes_total {}", store.durable()),
+            "roomd_store_queue_compactions_total 0",
             "roomd_update_apply_seconds_count 1",
             "roomd_queue_items_waiting 8.0",
             "roomd_queue_items_leased 1.0",

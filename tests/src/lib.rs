@@ -764,13 +764,12 @@ pub async fn run_node_for(script: &str, args: &[&str], limit: Duration) {
 }
 
 /// A counter of `/metrics` text (`name` with its trailing space).
-fn metric(text: &str, name: &str) -> u64 {
+pub fn metric(text: &str, name: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
         .unwrap_or_else(|| panic!("metric {name} missing"))
 }
 
-/// Waits until every storage write issued so far is covered by a completed flush.
 /// Waits until every storage write of the server on `port` so far is covered by a completed
 /// flush.
 pub async fn wait_durable(port: u16) {

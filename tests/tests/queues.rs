@@ -513,6 +513,59 @@ async fn kill_9_loses_no_acknowledged_item_and_keeps_outstanding_leases() {
     child.kill().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_after_the_room_unloads_and_its_journal_folds_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let idle = ["--room-idle-timeout-ms", "100"];
+    let mut child = roomd_tests::spawn_roomd(dir.path(), port, &idle).await;
+    let mut c = RoomProtoClient::connect(&room_url(addr), None).await;
+    for n in 0..30 {
+        send(&mut c, "jobs", json!({"n": n})).await;
+    }
+    let mut outstanding = Vec::new();
+    for i in 0..6 {
+        let j = lease(&mut c, "jobs", 60_000).await.unwrap();
+        if i % 2 == 0 {
+            assert_empty(&call(&mut c, "ack", json!({"receipt": j["receipt"]})).await);
+        } else {
+            outstanding.push(j);
+        }
+    }
+    drop(c);
+    // The room unloads, and the store folds its queues' journal into their records.
+    let deadline = tokio::time::Instant::now() + roomd_tests::WAIT;
+    loop {
+        let (_, body) = roomd_tests::http_get(addr, "/metrics").await;
+        if roomd_tests::metric(&body, "roomd_store_queue_compactions_total ") >= 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the queues' journal was never compacted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling the metric
+    }
+    roomd_tests::wait_durable(port).await;
+    child.kill().await.unwrap();
+    let mut child = roomd_tests::spawn_roomd(dir.path(), port, &idle).await;
+    let mut c = RoomProtoClient::connect(&room_url(addr), None).await;
+    assert_eq!(sizes(&call(&mut c, "list", json!({})).await)["jobs"], 27);
+    let mut seen = Vec::new();
+    for _ in 0..24 {
+        let j = lease(&mut c, "jobs", 60_000).await.unwrap();
+        seen.push(j["message"]["n"].as_u64().unwrap());
+    }
+    assert_eq!(seen, (6..30).collect::<Vec<u64>>());
+    assert_eq!(lease(&mut c, "jobs", 60_000).await, None);
+    // The leases outstanding before the fold and the kill settle with their receipts.
+    for j in outstanding {
+        assert_empty(&call(&mut c, "ack", json!({"receipt": j["receipt"]})).await);
+    }
+    child.kill().await.unwrap();
+}
+
 fn scope_with(queues: Option<QueuesGrant>) -> ApiScope {
     let mut scope = ApiScope::agent_default();
     scope.queues = queues;

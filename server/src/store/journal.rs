@@ -22,7 +22,7 @@
 //! compactions never reach the base at all.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::{RoomKey, StoreError, RECORD_V1};
@@ -84,6 +84,8 @@ pub struct Journal {
     due: AtomicBool,
     /// A compaction was started ([`Journal::start_compaction`]) and has not ended.
     running: AtomicBool,
+    /// Rooms' journals folded into their base records so far.
+    compacted: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -296,13 +298,14 @@ impl Journal {
 
     /// Compacts every room whose journal wants it: its touched keys written to the base and its
     /// entries removed, in one batch per room. Queue writes go on meanwhile.
-    pub fn compact(&self, tree: &sled::Tree) -> Result<(), StoreError> {
-        let outcome = self.compact_due(tree);
+    /// `count` counts each room's batch as a write, before it is counted as a compaction.
+    pub fn compact(&self, tree: &sled::Tree, count: impl Fn()) -> Result<(), StoreError> {
+        let outcome = self.compact_due(tree, count);
         self.running.store(false, Ordering::Release);
         outcome
     }
 
-    fn compact_due(&self, tree: &sled::Tree) -> Result<(), StoreError> {
+    fn compact_due(&self, tree: &sled::Tree, count: impl Fn()) -> Result<(), StoreError> {
         let _one = lock(&self.compacting);
         self.due.store(false, Ordering::Release);
         let due: Vec<RoomKey> = lock(&self.rooms)
@@ -346,6 +349,8 @@ impl Journal {
                 }
                 return Err(e.into());
             }
+            count();
+            self.compacted.fetch_add(1, Ordering::Release);
             if unloaded {
                 let mut rooms = lock(&self.rooms);
                 // Forgotten, unless written again meanwhile (the room loaded again).
@@ -399,6 +404,11 @@ impl Journal {
     pub fn forget(&self, room: &RoomKey) {
         lock(&self.pending).retain(|(r, _)| r != room);
         lock(&self.rooms).remove(room);
+    }
+
+    /// Rooms' journals folded into their base records since the process started.
+    pub fn compactions(&self) -> u64 {
+        self.compacted.load(Ordering::Acquire)
     }
 
     /// Holds off compactions (and reads) while the guard lives.

@@ -460,8 +460,17 @@ impl Store {
     }
 
     /// Folds the journals that have grown, or whose rooms unloaded, into their base records.
+    /// Each room's fold counts as a write, durable at the next flush (until then its journal
+    /// entries are on disk).
     pub fn compact_queues(&self) -> Result<(), StoreError> {
-        self.journal.compact(&self.queues)
+        self.journal.compact(&self.queues, || {
+            self.wrote();
+        })
+    }
+
+    /// Rooms' queue journals compacted since the process started.
+    pub fn queue_compactions(&self) -> u64 {
+        self.journal.compactions()
     }
 
     /// `room` unloaded: its queues' journal is compacted soon, and forgotten.
