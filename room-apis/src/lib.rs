@@ -20,6 +20,7 @@ pub mod rules;
 pub mod schema;
 pub mod scope;
 pub mod storage;
+pub mod storage_stream;
 pub mod token;
 
 pub use forbidden::Forbidden;
