@@ -226,10 +226,13 @@ impl Journal {
             return Ok(());
         }
         let mut rooms = lock(&self.rooms);
-        let taken = {
+        // The bytes taken stay counted until their entries are in sled: a write that checks
+        // for pending records meanwhile waits for this drain (on the rooms' lock) rather than
+        // going to sled ahead of them.
+        let (taken, taken_bytes) = {
             let mut pending = lock(&self.pending);
-            self.pending_bytes.store(0, Ordering::Release);
-            std::mem::take(&mut *pending)
+            let bytes = self.pending_bytes.load(Ordering::Acquire);
+            (std::mem::take(&mut *pending), bytes)
         };
         let mut taken = taken.into_iter();
         while let Some((room, changes)) = taken.next() {
@@ -259,11 +262,13 @@ impl Journal {
                 self.due.store(true, Ordering::Release);
             }
         }
+        self.pending_bytes.fetch_sub(taken_bytes, Ordering::AcqRel);
         Ok(())
     }
 
     /// Records taken for an entry that could not be written: they, and the rest taken with
-    /// them, wait for the next drain, before anything pushed since.
+    /// them, wait for the next drain, before anything pushed since (their bytes are still
+    /// counted as pending).
     fn put_back(&self, first: (RoomKey, Changes), rest: impl Iterator<Item = (RoomKey, Changes)>) {
         let mut pending = lock(&self.pending);
         let mut back: Vec<(RoomKey, Changes)> = std::iter::once(first).chain(rest).collect();
@@ -274,7 +279,6 @@ impl Journal {
             }
         }
         *pending = back;
-        self.pending_bytes.fetch_add(1, Ordering::AcqRel);
     }
 
     /// True if a compaction is due and none runs: the caller is to run [`Journal::compact`].
