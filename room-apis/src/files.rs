@@ -315,7 +315,7 @@ impl Files {
             }
             folder = storage::parent(f);
         }
-        let new = usize::from(replaced == 0 && !self.entries.contains_key(path));
+        let new = usize::from(!self.entries.contains_key(path));
         if self.entries.len() + missing + new > self.limits.entries {
             return Err(FilesError::Quota(format!(
                 "at most {} files and folders",
